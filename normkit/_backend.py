@@ -1,0 +1,38 @@
+"""Choosing a backend: "numba" (CPU kernels), "numpy" (the reference) or "cuda"."""
+
+BACKENDS = ("auto", "numba", "numpy", "cuda")
+
+CUDA_INSTALL_HINT = ("install the CUDA extra: pip install 'normkit[cuda]' (numba-cuda; on a GPU "
+                     "machine add the toolkit, e.g. pip install 'numba-cuda[cu12]'), or set "
+                     "NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator")
+
+
+def is_device_array(x):
+    """True for arrays that live on a CUDA device (numba, CuPy, PyTorch CUDA tensors...)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def cuda_available():
+    """Whether ``backend="cuda"`` can run here: numba-cuda installed and a GPU or the simulator."""
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # driver problems surface here; treat as unavailable
+        return False
+
+
+def resolve(backend, x, op):
+    """The concrete backend for input ``x``; a clear error for unknown or unavailable ones."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "cuda" if is_device_array(x) else "numba"
+    if backend == "cuda" and not cuda_available():
+        raise RuntimeError(f"{op}: backend='cuda' needs numba-cuda and a GPU; {CUDA_INSTALL_HINT}")
+    if backend != "cuda" and is_device_array(x):
+        raise TypeError(f"{op}: the input is a CUDA device array but backend={backend!r} runs on "
+                        f"the CPU; use backend='cuda' or 'auto', or copy it to the host first")
+    return backend

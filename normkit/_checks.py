@@ -1,0 +1,90 @@
+"""Input validation shared by the functional API and the layers.
+
+Every check runs before any state is touched, so a call that raises changes nothing.
+"""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(x, op, name="x"):
+    """``x`` as a float32/float64 ndarray, or a TypeError/ValueError naming ``op`` and the problem."""
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{op}: {name} must be an array of floats, got {type(x).__name__}") from exc
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if x.size == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {x.shape})")
+    return x
+
+
+def same_shape(a, b, op, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
+
+
+def channel_axis(axis, ndim, op):
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"{op}: axis must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for an input with {ndim} dimensions")
+    return int(axis) % ndim
+
+
+def positive_eps(eps, op):
+    if not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{op}: eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def momentum_value(momentum, op):
+    if momentum is None:
+        return None
+    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{op}: momentum must be in [0, 1] or None, got {momentum!r}")
+    return float(momentum)
+
+
+def param_vector(p, shape, op, name):
+    """A weight/bias of exactly ``shape``, flattened to float64; ``None`` stays ``None``."""
+    if p is None:
+        return None
+    p = float_array(p, op, name)
+    if p.shape != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {p.shape}")
+    return np.ascontiguousarray(p, dtype=np.float64).reshape(-1)
+
+
+def running_stat(r, n_channels, op, name):
+    """A running statistic: a writable float array of shape (C,), updated in place; or ``None``."""
+    if r is None:
+        return None
+    if not isinstance(r, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a NumPy array (it is updated in place), got {type(r).__name__}")
+    if r.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {r.dtype}")
+    if r.shape != (n_channels,):
+        raise ValueError(f"{op}: {name} must have shape ({n_channels},) to match the input's "
+                         f"{n_channels} channels, got {r.shape}")
+    if not r.flags.writeable:
+        raise ValueError(f"{op}: {name} is read-only but must be updated in place")
+    return r
+
+
+def normalized_shape_tuple(normalized_shape, op):
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        normalized_shape = (normalized_shape,)
+    try:
+        shape = tuple(int(d) for d in normalized_shape)
+    except TypeError:
+        raise TypeError(f"{op}: normalized_shape must be an int or a tuple of ints, "
+                        f"got {normalized_shape!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"{op}: normalized_shape must be non-empty with positive sizes, got {shape}")
+    return shape

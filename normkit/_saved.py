@@ -1,0 +1,44 @@
+"""What a forward pass keeps for its backward pass. Opaque to users: pass it back unchanged."""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNormSaved:
+    backend: str                 # "numpy", "numba" or "cuda": who runs the backward
+    x: Any                       # the input (the layout view the kernels read, for numba)
+    x_shape: tuple
+    axis: int
+    mean: Any                    # per channel, float64: batch mean (training) or running mean
+    rstd: Any                    # per channel, float64: 1 / sqrt(var + eps)
+    weight: Optional[Any]        # per channel, float64, or None
+    has_bias: bool
+    param_dtype: Optional[np.dtype]
+    batch_stats: bool            # True: normalised with batch statistics (the training backward)
+    count: int                   # values per channel
+    running_stats_updated: bool  # whether this call changed the running statistics
+    layout: Any = None           # backend-specific layout plan
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNormSaved:
+    backend: str
+    x: Any                       # the input (the (rows, cols) view the kernels read, for numba)
+    x_shape: tuple
+    normalized_shape: tuple
+    mean: Any                    # per row, float64
+    rstd: Any                    # per row, float64
+    weight: Optional[Any]        # flattened, float64, or None
+    has_bias: bool
+    param_dtype: Optional[np.dtype]
+
+
+def param_dtype(weight, bias):
+    """The dtype gradients of the affine parameters are returned in (the parameters' own)."""
+    for p in (weight, bias):
+        if p is not None:
+            return np.asarray(p).dtype
+    return None

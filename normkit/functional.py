@@ -1,0 +1,245 @@
+"""The functional API: input checks, layout handling and backend dispatch.
+
+Argument order follows ``torch.nn.functional``. Every forward returns ``(y, saved)``, where
+``saved`` holds what the matching backward needs; pass it back unchanged.
+"""
+
+import math
+
+import numpy as np
+
+from . import _backend, _checks, reference
+from ._layout import BatchNormLayout, layer_norm_rows
+from ._running import update_running_stats
+from ._saved import BatchNormSaved, LayerNormSaved, param_dtype
+from .kernels.cpu import batchnorm as _bn_cpu
+from .kernels.cpu import layernorm as _ln_cpu
+
+__all__ = ["batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward"]
+
+
+def _cuda_module():
+    from .kernels.cuda import launch  # imported only when asked for: it imports numba.cuda
+    return launch
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm
+# ----------------------------------------------------------------------------------------------
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, axis=1, backend="auto", num_batches_tracked=None):
+    """Batch normalisation over every axis but the channel axis.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64, at least 2-D
+        Input; any memory layout (views, transposes, read-only arrays are fine).
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics, updated in place in training mode; required in eval mode.
+    weight, bias : array of shape (C,) or None
+        Affine parameters gamma and beta.
+    training : bool
+        True: normalise with the batch statistics (and update the running ones).
+        False: normalise with ``running_mean``/``running_var``.
+    momentum : float in [0, 1] or None
+        ``running = (1 - momentum) * running + momentum * batch``; None means a cumulative
+        average, for which ``num_batches_tracked`` (batches seen so far) must be given.
+    eps : float > 0
+        Added to the variance.
+    axis : int
+        The channel axis: 1 for (N, C), (N, C, L), (N, C, H, W); -1 for channels-last;
+        0 for a (features, batch) layout.
+    backend : {"auto", "numba", "numpy", "cuda"}
+    num_batches_tracked : int, optional
+        Only for ``momentum=None``.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape, dtype (and memory order, for the numba backend) as ``x``.
+    saved : BatchNormSaved
+        For :func:`batch_norm_backward`.
+
+    Notes
+    -----
+    Statistics are accumulated in float64, so float32 inputs with a large mean keep their
+    precision. A training batch whose statistics are NaN or inf leaves the running statistics
+    unchanged and issues a :class:`normkit.NonFiniteBatchWarning`; the NaN still reaches ``y``.
+    """
+    op = "batch_norm"
+    backend = _backend.resolve(backend, x, op)
+    if backend == "cuda":
+        return _cuda_module().batch_norm(x, running_mean, running_var, weight, bias, training,
+                                         momentum, eps, axis=axis,
+                                         num_batches_tracked=num_batches_tracked)
+    x = _checks.float_array(x, op)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: x must have at least 2 dimensions (batch and channel), got shape {x.shape}")
+    axis = _checks.channel_axis(axis, x.ndim, op)
+    n_channels = x.shape[axis]
+    count = x.size // n_channels
+    eps = _checks.positive_eps(eps, op)
+    momentum = _checks.momentum_value(momentum, op)
+    w = _checks.param_vector(weight, (n_channels,), op, "weight")
+    b = _checks.param_vector(bias, (n_channels,), op, "bias")
+    running_mean = _checks.running_stat(running_mean, n_channels, op, "running_mean")
+    running_var = _checks.running_stat(running_var, n_channels, op, "running_var")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: training=False normalises with the running statistics, "
+                         "so running_mean and running_var are required")
+    if training and count <= 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, "
+                         f"got input of shape {x.shape} (channel axis {axis})")
+    if training and running_mean is not None and momentum is None and num_batches_tracked is None:
+        raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+
+    if backend == "numpy":
+        return reference.batch_norm(x, running_mean, running_var, weight, bias, training,
+                                    momentum, eps, axis=axis, num_batches_tracked=num_batches_tracked)
+
+    layout = BatchNormLayout(x, axis)
+    xk = layout.view(x)
+    updated = False
+    if training:
+        mean, var = _bn_cpu.batch_stats(xk, layout.group)
+        if running_mean is not None:
+            updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
+                                           num_batches_tracked, op)
+    else:
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    rstd = 1.0 / np.sqrt(var + eps)
+    scale = rstd if w is None else rstd * w
+    shift = np.zeros(n_channels) if b is None else b
+    yk, y = layout.empty(x.dtype)
+    _bn_cpu.affine(xk, mean, scale, shift, yk, layout.group)
+    saved = BatchNormSaved(
+        backend="numba", x=xk, x_shape=x.shape, axis=axis, mean=mean, rstd=rstd, weight=w,
+        has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
+        count=count, running_stats_updated=updated, layout=layout)
+    return y, saved
+
+
+def batch_norm_backward(dy, saved):
+    """Gradients of :func:`batch_norm`.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Upstream gradient, the shape of the forward's output.
+    saved : BatchNormSaved
+        The second value the forward returned.
+
+    Returns
+    -------
+    dx : ndarray
+        Same shape and dtype as the forward's input.
+    dweight, dbias : ndarray of shape (C,) or None
+        None where the forward had no weight / bias.
+    """
+    op = "batch_norm_backward"
+    if not isinstance(saved, BatchNormSaved):
+        raise TypeError(f"{op}: saved must be what batch_norm returned, got {type(saved).__name__}")
+    if saved.backend == "cuda":
+        return _cuda_module().batch_norm_backward(dy, saved)
+    dy = _checks.float_array(dy, op, "dy")
+    if dy.shape != saved.x_shape:
+        raise ValueError(f"{op}: dy has shape {dy.shape} but the forward's input had shape {saved.x_shape}")
+    if saved.backend == "numpy":
+        return reference.batch_norm_backward(dy, saved)
+
+    layout, xk, mean, rstd = saved.layout, saved.x, saved.mean, saved.rstd
+    dyk = layout.view(dy)
+    n_channels = mean.shape[0]
+    need_sums = saved.batch_stats or saved.weight is not None or saved.has_bias
+    if need_sums:
+        sum_dy, sum_dy_xc = _bn_cpu.grad_sums(dyk, xk, mean, layout.group)
+    scale = rstd if saved.weight is None else rstd * saved.weight
+    if saved.batch_stats:
+        a = sum_dy / saved.count
+        b = sum_dy_xc * (rstd * rstd / saved.count)
+    else:  # running statistics are constants: dx = dy * gamma * rstd
+        a = b = np.zeros(n_channels)
+    dxk, dx = layout.empty(xk.dtype)
+    _bn_cpu.grad_input(dyk, xk, mean, scale, a, b, dxk, layout.group)
+    dweight = None if saved.weight is None else (sum_dy_xc * rstd).astype(saved.param_dtype)
+    dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm
+# ----------------------------------------------------------------------------------------------
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
+    """Layer normalisation over the last ``len(normalized_shape)`` axes.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+        Input whose trailing dimensions equal ``normalized_shape``.
+    normalized_shape : int or tuple of int
+        The shape of the normalised trailing axes (an int means one axis).
+    weight, bias : array of shape ``normalized_shape`` or None
+    eps : float > 0
+    backend : {"auto", "numba", "numpy", "cuda"}
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x`` (C-contiguous).
+    saved : LayerNormSaved
+        For :func:`layer_norm_backward` (holds per-row mean and rstd).
+    """
+    op = "layer_norm"
+    backend = _backend.resolve(backend, x, op)
+    if backend == "cuda":
+        return _cuda_module().layer_norm(x, normalized_shape, weight, bias, eps)
+    x = _checks.float_array(x, op)
+    shape = _checks.normalized_shape_tuple(normalized_shape, op)
+    if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"{op}: the input's trailing dimensions must equal normalized_shape "
+                         f"{shape}, got input of shape {x.shape}")
+    eps = _checks.positive_eps(eps, op)
+    w = _checks.param_vector(weight, shape, op, "weight")
+    b = _checks.param_vector(bias, shape, op, "bias")
+    if backend == "numpy":
+        return reference.layer_norm(x, shape, weight, bias, eps)
+
+    n_cols = math.prod(shape)
+    xk = layer_norm_rows(x, n_cols)
+    y = np.empty(x.shape, dtype=x.dtype)
+    mean, rstd = _ln_cpu.forward(xk, np.ones(n_cols) if w is None else w,
+                                 np.zeros(n_cols) if b is None else b, eps, y.reshape(xk.shape))
+    saved = LayerNormSaved(
+        backend="numba", x=xk, x_shape=x.shape, normalized_shape=shape, mean=mean, rstd=rstd,
+        weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias))
+    return y, saved
+
+
+def layer_norm_backward(dy, saved):
+    """Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``, None where there was no
+    weight / bias; dweight and dbias have shape ``normalized_shape``."""
+    op = "layer_norm_backward"
+    if not isinstance(saved, LayerNormSaved):
+        raise TypeError(f"{op}: saved must be what layer_norm returned, got {type(saved).__name__}")
+    if saved.backend == "cuda":
+        return _cuda_module().layer_norm_backward(dy, saved)
+    dy = _checks.float_array(dy, op, "dy")
+    if dy.shape != saved.x_shape:
+        raise ValueError(f"{op}: dy has shape {dy.shape} but the forward's input had shape {saved.x_shape}")
+    if saved.backend == "numpy":
+        return reference.layer_norm_backward(dy, saved)
+
+    xk = saved.x
+    dyk = layer_norm_rows(dy, xk.shape[1])
+    dx = np.empty(saved.x_shape, dtype=xk.dtype)
+    weight = np.ones(xk.shape[1]) if saved.weight is None else saved.weight
+    dweight, dbias = _ln_cpu.backward(dyk, xk, saved.mean, saved.rstd, weight, dx.reshape(xk.shape))
+    dweight = None if saved.weight is None else dweight.reshape(saved.normalized_shape).astype(saved.param_dtype)
+    dbias = dbias.reshape(saved.normalized_shape).astype(saved.param_dtype) if saved.has_bias else None
+    return dx, dweight, dbias
+

@@ -1,0 +1,1 @@
+"""Compute kernels: ``cpu`` (Numba ``@njit(parallel=True)``) and ``cuda`` (``numba.cuda``)."""

@@ -1,0 +1,50 @@
+"""How CPU kernels are compiled and launched: a parallel build and a serial twin of each."""
+
+import types
+
+from numba import njit
+
+from ... import config
+from ... import _threading
+
+# 'reassoc' lets LLVM vectorise the float64 reductions; 'contract' allows FMAs. No 'nnan'/'ninf':
+# NaN and inf in the input must keep their meaning and propagate to the output.
+FASTMATH = {"reassoc", "contract"}
+
+
+def _twin(py_func, suffix):
+    """A copy of ``py_func`` under another name, so Numba's on-disk cache keeps both builds apart."""
+    twin = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + suffix,
+                              py_func.__defaults__, py_func.__closure__)
+    twin.__qualname__ = py_func.__qualname__ + suffix
+    twin.__doc__ = py_func.__doc__
+    return twin
+
+
+class Kernel:
+    """A kernel compiled twice: ``parallel=True`` for large inputs, serial for small ones.
+
+    Call it with the kernel's arguments and ``work=`` the number of elements it will touch; it
+    picks the build and takes the launch lock for the parallel one (see ``normkit._threading``).
+    """
+
+    def __init__(self, py_func):
+        self.__name__ = py_func.__name__
+        self.__doc__ = py_func.__doc__
+        self.parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(py_func)
+        self.serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(_twin(py_func, "_serial"))
+
+    def __call__(self, *args, work):
+        if work < config.PARALLEL_MIN_ELEMENTS or _threading.serial_only():
+            return self.serial(*args)
+        with _threading.launch_lock():
+            return self.parallel(*args)
+
+
+def kernel(py_func):
+    """Decorator: make ``py_func`` (written with ``prange``) a :class:`Kernel`."""
+    return Kernel(py_func)
+
+
+# Helpers called from kernels: compiled once, inlined into both builds.
+helper = njit(cache=True, nogil=True, fastmath=FASTMATH)
