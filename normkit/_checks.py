@@ -81,8 +81,10 @@ def normalized_shape_tuple(normalized_shape, op):
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
     try:
+        if isinstance(normalized_shape, (str, bytes)):
+            raise TypeError
         shape = tuple(int(d) for d in normalized_shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{op}: normalized_shape must be an int or a tuple of ints, "
                         f"got {normalized_shape!r}") from None
     if not shape or any(d <= 0 for d in shape):

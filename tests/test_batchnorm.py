@@ -1,0 +1,169 @@
+"""Numba BatchNorm kernels against the NumPy reference, every layout, both builds."""
+
+import numpy as np
+import pytest
+
+from normkit import functional as F
+from normkit import reference as R
+
+from .conftest import assert_close
+from .gradcheck import numerical_grad
+
+DTYPES = [np.float32, np.float64]
+
+# (shape, axis): (N,C), (N,C,L), NCHW with short and long inner runs, channels-last,
+# (features, batch), one column, prime sizes, N=2, inner runs longer than one segment.
+LAYOUTS = [
+    ((64, 10), 1), ((2, 3), 1), ((37, 1), 1), ((5, 7, 3), 1), ((4, 6, 41), 1),
+    ((3, 5, 7, 11), 1), ((2, 3, 9, 9), 1), ((3, 5, 4, 7), -1), ((2, 8, 8, 3), 3),
+    ((13, 29), 0), ((7, 257), 0), ((300, 517), 1), ((2, 2, 17000), 1), ((1, 3, 40), 1),
+]
+
+
+def _run_both(x, rng, axis, training, affine=True, dtype=np.float64):
+    c = x.shape[axis]
+    w = rng.standard_normal(c).astype(dtype) if affine else None
+    b = rng.standard_normal(c).astype(dtype) if affine else None
+    rm = rng.standard_normal(c)
+    rv = rng.uniform(0.5, 2.0, c)
+    state_k, state_r = (rm.copy(), rv.copy()), (rm.copy(), rv.copy())
+    yk, sk = F.batch_norm(x, *state_k, w, b, training=training, axis=axis, backend="numba")
+    yr, sr = R.batch_norm(x, *state_r, w, b, training=training, axis=axis)
+    return (yk, sk, state_k), (yr, sr, state_r)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_backward_match_reference(rng, kernel_build, shape, axis, dtype, training):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    (yk, sk, state_k), (yr, sr, state_r) = _run_both(x, rng, axis, training, dtype=dtype)
+    assert yk.dtype == x.dtype and yk.shape == x.shape
+    assert_close(yk, yr, dtype, what="y")
+    for got, want in zip(state_k, state_r):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dk, dr = F.batch_norm_backward(dy, sk), R.batch_norm_backward(dy, sr)
+    assert dk[0].dtype == x.dtype and dk[1].dtype == dtype
+    n = x.size // x.shape[axis]
+    for name, got, want, scale in zip(("dx", "dweight", "dbias"), dk, dr, (1, np.sqrt(n), np.sqrt(n))):
+        assert_close(got, want, dtype, scale=scale, what=name)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_without_affine_and_running_stats(rng, kernel_build, affine):
+    x = rng.standard_normal((20, 6, 5))
+    c = 6
+    w = rng.standard_normal(c) if affine else None
+    yk, sk = F.batch_norm(x, None, None, w, None, training=True)
+    yr, sr = R.batch_norm(x, None, None, w, None, training=True)
+    np.testing.assert_allclose(yk, yr, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(x.shape)
+    dk, dr = F.batch_norm_backward(dy, sk), R.batch_norm_backward(dy, sr)
+    np.testing.assert_allclose(dk[0], dr[0], rtol=1e-10, atol=1e-10)
+    assert dk[2] is None and dr[2] is None
+    assert (dk[1] is None) == (not affine)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0)])
+def test_kernel_gradients_by_finite_differences(rng, kernel_build, shape, axis, training):
+    x = rng.standard_normal(shape) * 2 + 1
+    c = shape[axis]
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy = rng.standard_normal(shape)
+
+    def forward():
+        return F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)[0]
+
+    _, saved = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)
+    grads = F.batch_norm_backward(dy, saved)
+    for arr, grad in zip((x, w, b), grads):
+        idx, num = numerical_grad(forward, arr, dy, rng=rng)
+        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+
+
+def test_running_stats_over_steps_and_cumulative_average(rng, kernel_build):
+    c = 5
+    rm_k, rv_k = np.zeros(c, np.float32), np.ones(c, np.float32)
+    rm_r, rv_r = rm_k.copy(), rv_k.copy()
+    cum_k, cum_r = (np.zeros(c), np.ones(c)), (np.zeros(c), np.ones(c))
+    batches = [rng.standard_normal((16, c, 3)) * rng.uniform(0.5, 3) + rng.uniform(-5, 5) for _ in range(4)]
+    for step, xb in enumerate(batches):
+        F.batch_norm(xb, rm_k, rv_k, training=True, momentum=0.3)
+        R.batch_norm(xb, rm_r, rv_r, training=True, momentum=0.3)
+        F.batch_norm(xb, *cum_k, training=True, momentum=None, num_batches_tracked=step)
+        R.batch_norm(xb, *cum_r, training=True, momentum=None, num_batches_tracked=step)
+    np.testing.assert_allclose(rm_k, rm_r, rtol=1e-6)
+    np.testing.assert_allclose(rv_k, rv_r, rtol=1e-6)
+    # The cumulative average is the plain mean of the batch statistics (the initial values drop out).
+    np.testing.assert_allclose(cum_k[0], np.mean([xb.mean(axis=(0, 2)) for xb in batches], axis=0), rtol=1e-10)
+    n = 16 * 3
+    np.testing.assert_allclose(cum_k[1], np.mean([xb.var(axis=(0, 2)) * n / (n - 1) for xb in batches], axis=0),
+                               rtol=1e-10)
+    np.testing.assert_allclose(cum_k[1], cum_r[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("make_view", [
+    lambda a: a.T,                      # transposed: (C, N) memory read as (N, C)
+    lambda a: a[:, ::2],                # strided columns
+    lambda a: a[3:40],                  # row slice
+    lambda a: a[::-1],                  # negative stride
+    lambda a: np.asfortranarray(a),     # Fortran order
+])
+def test_non_contiguous_and_read_only_inputs(rng, kernel_build, make_view):
+    base = rng.standard_normal((48, 48)).astype(np.float32) + 4
+    x = make_view(base)
+    x.flags.writeable = False
+    c = x.shape[1]
+    yk, sk = F.batch_norm(x, None, None, training=True)
+    yr, sr = R.batch_norm(x, None, None, training=True)
+    assert_close(yk, yr, np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    assert_close(F.batch_norm_backward(dy, sk)[0], R.batch_norm_backward(dy, sr)[0], np.float32)
+    assert c == yk.shape[1]
+
+
+def test_views_are_not_copied_and_memory_order_is_kept(rng):
+    # An NCHW tensor stored channels-last (a transposed NHWC array) is read in place and its
+    # output comes back in the same memory order.
+    nhwc = rng.standard_normal((2, 5, 6, 3))
+    nchw = nhwc.transpose(0, 3, 1, 2)
+    y, saved = F.batch_norm(nchw, None, None, training=True, axis=1)
+    assert np.shares_memory(saved.x, nhwc)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    yr, _ = R.batch_norm(nchw, None, None, training=True, axis=1)
+    np.testing.assert_allclose(y, yr, atol=1e-12)
+    # A (features, batch) layout is read in place too.
+    fb = rng.standard_normal((7, 100))
+    _, saved = F.batch_norm(fb, None, None, training=True, axis=0)
+    assert np.shares_memory(saved.x, fb)
+
+
+@pytest.mark.parametrize("shift", [1e4, 1e6])
+@pytest.mark.parametrize("shape,axis", [((4096, 64), 1), ((16, 8, 300), 1), ((2000, 16), 0)])
+def test_large_mean_float32_is_exact(rng, kernel_build, shift, shape, axis):
+    """float32 input with a large mean: output within 1e-5 of float64 maths on the same values."""
+    x = (rng.standard_normal(shape) + shift).astype(np.float32)
+    y, saved = F.batch_norm(x, None, None, training=True, axis=axis)
+    exact, _ = R.batch_norm(x.astype(np.float64), None, None, training=True, axis=axis)
+    assert np.abs(y - exact).max() < 1e-5
+    dy = rng.standard_normal(shape).astype(np.float32)
+    _, s64 = R.batch_norm(x.astype(np.float64), None, None, training=True, axis=axis)
+    dx_exact = R.batch_norm_backward(dy.astype(np.float64), s64)[0]
+    assert np.abs(F.batch_norm_backward(dy, saved)[0] - dx_exact).max() < 1e-5 * np.abs(dx_exact).max()
+
+
+def test_constant_and_tiny_variance_inputs(rng, kernel_build):
+    x = np.full((32, 4), 3.5, dtype=np.float32)
+    b = rng.standard_normal(4)
+    y, saved = F.batch_norm(x, None, None, None, b, training=True)
+    np.testing.assert_allclose(y, np.broadcast_to(b.astype(np.float32), x.shape))
+    grads = F.batch_norm_backward(rng.standard_normal(x.shape).astype(np.float32), saved)
+    assert all(np.isfinite(g).all() for g in grads if g is not None)
+    tiny = (rng.standard_normal((512, 8)) * 1e-4 + 7).astype(np.float32)
+    yk, _ = F.batch_norm(tiny, None, None, training=True, eps=1e-12)
+    yr, _ = R.batch_norm(tiny, None, None, training=True, eps=1e-12)
+    np.testing.assert_allclose(yk, yr, atol=2e-5)
+    assert abs(yk.std() - 1) < 1e-3

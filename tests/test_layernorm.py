@@ -1,0 +1,96 @@
+"""Numba LayerNorm kernels against the NumPy reference."""
+
+import numpy as np
+import pytest
+
+from normkit import functional as F
+from normkit import reference as R
+
+from .conftest import assert_close
+from .gradcheck import numerical_grad
+
+DTYPES = [np.float32, np.float64]
+CASES = [((64, 10), 10), ((2, 3), 3), ((37, 1), 1), ((5, 7, 3), 3), ((4, 6, 41), (6, 41)),
+         ((3, 5, 7, 11), (7, 11)), ((2, 3, 4, 5), (3, 4, 5)), ((11,), 11), ((300, 517), 517),
+         ((17, 2), 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,ns", CASES)
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+def test_forward_backward_match_reference(rng, kernel_build, shape, ns, dtype, affine):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    nshape = (ns,) if isinstance(ns, int) else ns
+    w = rng.standard_normal(nshape).astype(dtype) if affine != "none" else None
+    b = rng.standard_normal(nshape).astype(dtype) if affine == "both" else None
+    yk, sk = F.layer_norm(x, ns, w, b, backend="numba")
+    yr, sr = R.layer_norm(x, ns, w, b)
+    assert yk.dtype == x.dtype and yk.shape == x.shape
+    assert_close(yk, yr, dtype, what="y")
+    dy = rng.standard_normal(shape).astype(dtype)
+    dk, dr = F.layer_norm_backward(dy, sk), R.layer_norm_backward(dy, sr)
+    rows = x.size // int(np.prod(nshape))
+    for name, got, want, scale in zip(("dx", "dweight", "dbias"), dk, dr, (1, np.sqrt(rows), np.sqrt(rows))):
+        if want is None:
+            assert got is None, name
+        else:
+            assert got.shape == want.shape and got.dtype == want.dtype, name
+            assert_close(got, want, dtype, scale=scale, what=name)
+
+
+@pytest.mark.parametrize("shape,ns", [((5, 6), 6), ((2, 3, 4), (3, 4)), ((4, 1), 1)])
+def test_kernel_gradients_by_finite_differences(rng, kernel_build, shape, ns):
+    x = rng.standard_normal(shape) * 2 + 1
+    nshape = (ns,) if isinstance(ns, int) else ns
+    w, b = rng.standard_normal(nshape), rng.standard_normal(nshape)
+    dy = rng.standard_normal(shape)
+
+    def forward():
+        return F.layer_norm(x, ns, w, b)[0]
+
+    grads = F.layer_norm_backward(dy, F.layer_norm(x, ns, w, b)[1])
+    for arr, grad in zip((x, w, b), grads):
+        idx, num = numerical_grad(forward, arr, dy, rng=rng)
+        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make_view", [lambda a: a.T, lambda a: a[:, 5:30], lambda a: a[::3], lambda a: a[::-1, ::-1]])
+def test_non_contiguous_and_read_only_inputs(rng, kernel_build, make_view):
+    x = make_view(rng.standard_normal((40, 40)).astype(np.float32) + 3)
+    x.flags.writeable = False
+    d = x.shape[-1]
+    yk, sk = F.layer_norm(x, d)
+    yr, sr = R.layer_norm(x, d)
+    assert_close(yk, yr, np.float32)
+    dy = make_view(rng.standard_normal((40, 40)).astype(np.float32))
+    assert_close(F.layer_norm_backward(dy, sk)[0], R.layer_norm_backward(dy, sr)[0], np.float32)
+
+
+def test_row_slices_are_read_in_place(rng):
+    base = rng.standard_normal((50, 64))
+    _, saved = F.layer_norm(base[::2, :32], 32)
+    assert np.shares_memory(saved.x, base)
+
+
+@pytest.mark.parametrize("shift", [1e4, 1e6])
+def test_large_mean_float32_is_exact(rng, kernel_build, shift):
+    x = (rng.standard_normal((512, 256)) + shift).astype(np.float32)
+    y, saved = F.layer_norm(x, 256)
+    exact, s64 = R.layer_norm(x.astype(np.float64), 256)
+    assert np.abs(y - exact).max() < 1e-5
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx_exact = R.layer_norm_backward(dy.astype(np.float64), s64)[0]
+    assert np.abs(F.layer_norm_backward(dy, saved)[0] - dx_exact).max() < 1e-5 * np.abs(dx_exact).max()
+
+
+def test_constant_rows_and_tiny_variance(rng, kernel_build):
+    x = np.full((8, 16), -2.0, dtype=np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    y, saved = F.layer_norm(x, 16, None, b)
+    np.testing.assert_allclose(y, np.broadcast_to(b, x.shape))
+    grads = F.layer_norm_backward(rng.standard_normal(x.shape).astype(np.float32), saved)
+    assert np.isfinite(grads[0]).all() and np.isfinite(grads[2]).all()
+    tiny = (rng.standard_normal((64, 128)) * 1e-4 + 3).astype(np.float32)
+    yk, _ = F.layer_norm(tiny, 128, eps=1e-12)
+    yr, _ = R.layer_norm(tiny, 128, eps=1e-12)
+    np.testing.assert_allclose(yk, yr, atol=2e-5)
