@@ -10,11 +10,30 @@ def _cmd_info(args):
     return 0
 
 
+def _cmd_demo(args):
+    from . import demo
+    names = ["breast_cancer", "digits"] if args.dataset == "both" else [args.dataset]
+    print(f"Seed model: 3 x (Linear(256) -> norm -> ReLU -> Dropout(0.3)), Adam lr={args.lr}, "
+          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    rows = demo.run(names, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed, progress=args.progress)
+    print(demo.format_table(rows))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="normkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, threading layer, thread count, CUDA availability")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("demo", help="train the seed model with BatchNorm, LayerNorm and none on real data")
+    p.add_argument("--dataset", choices=["breast_cancer", "digits", "both"], default="both")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="print one line per epoch")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -10,6 +10,9 @@ from ... import _threading
 # 'reassoc' lets LLVM vectorise the float64 reductions; 'contract' allows FMAs. No 'nnan'/'ninf':
 # NaN and inf in the input must keep their meaning and propagate to the output.
 FASTMATH = {"reassoc", "contract"}
+# NumPy's error model: division by zero gives inf/NaN instead of raising, which also lets LLVM
+# vectorise loops with divisions (Python's model puts a check in every iteration).
+OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 
 def _twin(py_func, suffix):
@@ -31,8 +34,8 @@ class Kernel:
     def __init__(self, py_func):
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
-        self.parallel = njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(py_func)
-        self.serial = njit(cache=True, nogil=True, fastmath=FASTMATH)(_twin(py_func, "_serial"))
+        self.parallel = njit(parallel=True, **OPTIONS)(py_func)
+        self.serial = njit(**OPTIONS)(_twin(py_func, "_serial"))
 
     def __call__(self, *args, work):
         if work < config.PARALLEL_MIN_ELEMENTS or _threading.serial_only():
@@ -47,4 +50,4 @@ def kernel(py_func):
 
 
 # Helpers called from kernels: compiled once, inlined into both builds.
-helper = njit(cache=True, nogil=True, fastmath=FASTMATH)
+helper = njit(**OPTIONS)

@@ -1,0 +1,101 @@
+"""Losses as objects: ``value = loss(pred, target)`` (a float, the batch mean), then
+``dpred = loss.backward()``."""
+
+import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
+
+from . import _checks
+
+
+class _Loss:
+    name = "loss"
+
+    def __init__(self):
+        self._cache = None
+
+    def backward(self):
+        """dLoss/dpred for the last call, in the prediction's dtype."""
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+        return self._grad()
+
+    def _pair(self, pred, target):
+        pred = _checks.float_array(pred, type(self).__name__, "pred")
+        target = np.asarray(target)
+        if target.size != pred.size:
+            raise ValueError(f"{type(self).__name__}: pred has shape {pred.shape} but target has "
+                             f"shape {target.shape}")
+        return pred, target.reshape(pred.shape).astype(np.float64)
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy on probabilities (the output of a Sigmoid). Logs are clamped at -100,
+    as in PyTorch, so a saturated prediction gives a large but finite loss."""
+
+    def __call__(self, pred, target):
+        p, t = self._pair(pred, target)
+        pd = p.astype(np.float64)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, clamped just below
+            loss = -(t * np.maximum(np.log(pd), -100) + (1 - t) * np.maximum(np.log1p(-pd), -100))
+        self._cache = (p, pd, t)
+        return float(loss.mean())
+
+    def _grad(self):
+        p, pd, t = self._cache
+        eps = 1e-12  # keeps the gradient finite where p is exactly 0 or 1
+        return ((pd - t) / np.maximum(pd * (1 - pd), eps) / pd.size).astype(p.dtype)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on logits, computed stably (no overflow for large |logit|)."""
+
+    def __call__(self, pred, target):
+        z, t = self._pair(pred, target)
+        zd = z.astype(np.float64)
+        loss = -(t * log_expit(zd) + (1 - t) * log_expit(-zd))
+        self._cache = (z, zd, t)
+        return float(loss.mean())
+
+    def _grad(self):
+        z, zd, t = self._cache
+        return ((expit(zd) - t) / zd.size).astype(z.dtype)
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy: logits (N, K) and integer class labels (N,) in [0, K)."""
+
+    def __call__(self, pred, target):
+        z = _checks.float_array(pred, "CrossEntropyLoss", "pred")
+        labels = np.asarray(target)
+        if z.ndim != 2 or labels.shape != (z.shape[0],):
+            raise ValueError(f"CrossEntropyLoss: expected logits (N, K) and labels (N,), got "
+                             f"{z.shape} and {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"CrossEntropyLoss: labels must be integers, got dtype {labels.dtype}")
+        if labels.min() < 0 or labels.max() >= z.shape[1]:
+            raise ValueError(f"CrossEntropyLoss: labels must be in [0, {z.shape[1]}), got "
+                             f"[{labels.min()}, {labels.max()}]")
+        logp = log_softmax(z.astype(np.float64), axis=1)
+        rows = np.arange(z.shape[0])
+        self._cache = (z, labels, rows)
+        return float(-logp[rows, labels].mean())
+
+    def _grad(self):
+        z, labels, rows = self._cache
+        g = softmax(z.astype(np.float64), axis=1)
+        g[rows, labels] -= 1
+        return (g / z.shape[0]).astype(z.dtype)
+
+
+class MSELoss(_Loss):
+    """Mean squared error."""
+
+    def __call__(self, pred, target):
+        p, t = self._pair(pred, target)
+        diff = p.astype(np.float64) - t
+        self._cache = (p, diff)
+        return float(np.mean(diff * diff))
+
+    def _grad(self):
+        p, diff = self._cache
+        return (2 * diff / diff.size).astype(p.dtype)

@@ -1,0 +1,144 @@
+"""Linear, activations, Dropout and Sequential: what normalisation layers are used between."""
+
+import numpy as np
+from scipy.special import expit
+
+from .. import _checks, random
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``; weight is (out_features, in_features) as in PyTorch.
+
+    Initialised like PyTorch's default (Kaiming-uniform with a = sqrt(5)): weight and bias drawn
+    from U(-1/sqrt(in_features), 1/sqrt(in_features)), from ``rng`` or normkit's global generator.
+    """
+
+    def __init__(self, in_features, out_features, *, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = random.generator() if rng is None else rng
+        bound = 1.0 / np.sqrt(in_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
+        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        x = _checks.float_array(x, "Linear")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input with {self.in_features} features on the last "
+                             f"axis, got shape {x.shape}")
+        self._x = x
+        y = x @ self.weight.data.astype(x.dtype, copy=False).T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dy):
+        x = self._need_forward(self._x)
+        x2 = x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        self.weight.grad += dy2.T @ x2
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        return dy @ self.weight.data.astype(dy.dtype, copy=False)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        self._mask = x > 0
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy * self._need_forward(getattr(self, "_mask", None))
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        self._y = expit(x)  # overflow-free logistic
+        return self._y
+
+    def backward(self, dy):
+        y = self._need_forward(getattr(self, "_y", None))
+        return dy * y * (1 - y)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        self._y = np.tanh(x)
+        return self._y
+
+    def backward(self, dy):
+        y = self._need_forward(getattr(self, "_y", None))
+        return dy * (1 - y * y)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each value with probability ``p`` and scale the rest
+    by 1 / (1 - p); the identity in eval mode. Masks come from ``rng`` or normkit's global
+    generator (which :func:`normkit.fit` seeds from its ``seed``)."""
+
+    def __init__(self, p=0.5, *, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = rng
+        self._scale = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        rng = random.generator() if self.rng is None else self.rng
+        keep = rng.random(np.shape(x)) >= self.p
+        factor = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._scale = keep * np.asarray(factor, dtype=np.asarray(x).dtype)
+        return x * self._scale
+
+    def backward(self, dy):
+        return dy if self._scale is None else dy * self._scale
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse. State-dict keys are prefixed by
+    the layer's index (``"1.running_mean"``), as in PyTorch."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a layer")
+        self.layers = list(layers)
+
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

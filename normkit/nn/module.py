@@ -1,0 +1,139 @@
+"""The base class of every layer: parameters, buffers, modes and state dicts."""
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape and dtype, starting at zero)."""
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """A layer: ``y = layer(x)`` then ``dx = layer.backward(dy)``.
+
+    Subclasses set ``self.<name> = Parameter(...)`` for parameters, list buffer names in
+    ``_buffers`` (arrays saved in the state dict but not trained, such as running statistics),
+    and implement ``forward`` and ``backward``. ``backward`` returns dL/dx and *adds* parameter
+    gradients into ``.grad``, so gradients accumulate until :meth:`zero_grad`.
+    """
+
+    _buffers = ()
+
+    def __init__(self):
+        self.training = True
+
+    # -- computation ---------------------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def _need_forward(self, cache):
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return cache
+
+    # -- structure -----------------------------------------------------------------------------
+    def children(self):
+        """Direct sub-layers, as (name, module) pairs."""
+        return []
+
+    def _own_parameters(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+
+    def named_parameters(self, prefix=""):
+        out = [(prefix + k, p) for k, p in self._own_parameters()]
+        for name, child in self.children():
+            out += child.named_parameters(f"{prefix}{name}.")
+        return out
+
+    def parameters(self):
+        """Every Parameter of this layer and its sub-layers."""
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def train(self, mode=True):
+        """Training mode (batch statistics, dropout on); returns self."""
+        self.training = bool(mode)
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Inference mode (running statistics, dropout off); returns self."""
+        return self.train(False)
+
+    # -- state -----------------------------------------------------------------------------------
+    def _own_state(self):
+        state = {k: p.data for k, p in self._own_parameters()}
+        for name in self._buffers:
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = np.asarray(value)
+        return state
+
+    def state_dict(self, prefix=""):
+        """Parameters and buffers as ``{name: ndarray}`` (copies), PyTorch's key names."""
+        state = {prefix + k: np.array(v, copy=True) for k, v in self._own_state().items()}
+        for name, child in self.children():
+            state.update(child.state_dict(f"{prefix}{name}."))
+        return state
+
+    def _set_state(self, name, value):
+        current = getattr(self, name)
+        if isinstance(current, Parameter):
+            current.data[...] = value
+        elif isinstance(current, np.ndarray):
+            current[...] = value
+        else:  # scalar buffers such as num_batches_tracked
+            setattr(self, name, type(current)(value))
+
+    def load_state_dict(self, state):
+        """Load a state dict; entries that are missing, unexpected or of the wrong shape raise a
+        ValueError naming all of them, and then nothing is changed."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
+                       for k in set(expected) & set(state) if np.shape(state[k]) != expected[k].shape)
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            if wrong:
+                parts.append("wrong shapes: " + "; ".join(wrong))
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + ", ".join(parts))
+        for name, module, attr in self._state_targets():
+            module._set_state(attr, state[name])
+        return self
+
+    def _state_targets(self, prefix=""):
+        targets = [(prefix + k, self, k) for k in self._own_state()]
+        for name, child in self.children():
+            targets += child._state_targets(f"{prefix}{name}.")
+        return targets
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ""

@@ -1,0 +1,36 @@
+"""normkit's global random generator, used by layers created or run without an explicit ``rng``.
+
+``normkit.manual_seed(s)`` makes model construction (weight init) and dropout reproducible, like
+``torch.manual_seed``. :func:`normkit.fit` runs with :func:`seeded` so that its shuffling and
+dropout masks follow its ``seed`` argument alone.
+"""
+
+import contextlib
+
+import numpy as np
+
+_generator = np.random.default_rng()
+
+
+def manual_seed(seed):
+    """Re-seed the global generator; returns it."""
+    global _generator
+    _generator = np.random.default_rng(seed)
+    return _generator
+
+
+def generator():
+    """The global generator (a ``numpy.random.Generator``)."""
+    return _generator
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Temporarily replace the global generator by one seeded with ``seed``."""
+    global _generator
+    saved = _generator
+    _generator = np.random.default_rng(seed)
+    try:
+        yield _generator
+    finally:
+        _generator = saved

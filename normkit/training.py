@@ -1,0 +1,133 @@
+"""A minimal training loop: :func:`fit`, :func:`predict` and :func:`evaluate`."""
+
+import sys
+import time
+
+import numpy as np
+
+from . import random
+from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss
+
+
+class History(dict):
+    """Per-epoch lists: ``loss``, ``accuracy``, ``epoch_time`` and, with validation data,
+    ``val_loss`` and ``val_accuracy``. Accuracy is None for regression losses."""
+
+    def epochs_to(self, key, target):
+        """The first epoch (1-based) at which ``history[key] >= target``, or None."""
+        for i, v in enumerate(self.get(key, [])):
+            if v is not None and v >= target:
+                return i + 1
+        return None
+
+
+def accuracy(pred, target, loss):
+    """Classification accuracy for the prediction convention of ``loss`` (None for regression)."""
+    if isinstance(loss, CrossEntropyLoss):
+        return float(np.mean(np.argmax(pred, axis=1) == np.asarray(target)))
+    if isinstance(loss, (BCELoss, BCEWithLogitsLoss)):
+        threshold = 0.5 if isinstance(loss, BCELoss) else 0.0
+        labels = np.asarray(target).reshape(pred.shape) > 0.5
+        return float(np.mean((pred > threshold) == labels))
+    return None
+
+
+def _batches(n, batch_size, order):
+    starts = list(range(0, n, batch_size))
+    # A last batch of one sample would make BatchNorm fail ("more than 1 value per channel"):
+    # fold it into the previous batch instead.
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [n]
+    return [order[s:e] for s, e in zip(starts, ends)]
+
+
+def predict(model, X, batch_size=1024):
+    """Model outputs for ``X`` in eval mode (the model's mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return np.concatenate([model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, X, y, loss, batch_size=1024):
+    """(loss, accuracy) of the model on (X, y) in eval mode."""
+    pred = predict(model, X, batch_size)
+    return loss(pred, y), accuracy(pred, y, loss)
+
+
+def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, shuffle=True,
+        seed=0, progress=True, callbacks=()):
+    """Train ``model`` with mini-batches; returns a :class:`History`.
+
+    Parameters
+    ----------
+    model : Module
+    X, y : ndarray
+        Training inputs and targets (labels for CrossEntropyLoss, 0/1 values for BCE losses).
+    loss : loss object (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss)
+    optimizer : SGD or Adam over ``model.parameters()``
+    epochs, batch_size : int
+    validation : (X_val, y_val), optional
+        Evaluated in eval mode after every epoch.
+    shuffle : bool
+        Reshuffle the training set every epoch.
+    seed : int
+        Seeds the shuffling and the dropout masks (normkit's global generator is replaced by a
+        seeded one for the duration of the call): same seed, same model state, same history.
+    progress : bool
+        Print one line per epoch.
+    callbacks : iterable of callables
+        Each is called as ``callback(epoch, model, history)`` after every epoch (1-based epoch).
+    """
+    if len(X) != len(y):
+        raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
+    if batch_size < 2:
+        raise ValueError(f"fit: batch_size must be at least 2, got {batch_size}")
+    history = History(loss=[], accuracy=[], epoch_time=[])
+    if validation is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    n = len(X)
+    with random.seeded(seed) as gen:
+        shuffler = np.random.default_rng(gen.integers(2**63))
+        model.train()
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = shuffler.permutation(n) if shuffle else np.arange(n)
+            total_loss = 0.0
+            correct = 0.0
+            for idx in _batches(n, batch_size, order):
+                xb, yb = X[idx], y[idx]
+                optimizer.zero_grad()
+                pred = model(xb)
+                total_loss += loss(pred, yb) * len(idx)
+                model.backward(loss.backward())
+                optimizer.step()
+                acc = accuracy(pred, yb, loss)
+                correct += 0.0 if acc is None else acc * len(idx)
+            history["epoch_time"].append(time.perf_counter() - start)
+            history["loss"].append(total_loss / n)
+            history["accuracy"].append(None if accuracy(pred, yb, loss) is None else correct / n)
+            if validation is not None:
+                val_loss, val_acc = evaluate(model, *validation, loss)
+                history["val_loss"].append(val_loss)
+                history["val_accuracy"].append(val_acc)
+            for callback in callbacks:
+                callback(epoch, model, history)
+            if progress:
+                print(_progress_line(epoch, epochs, history), file=sys.stdout, flush=True)
+    return history
+
+
+def _progress_line(epoch, epochs, history):
+    parts = [f"epoch {epoch:>{len(str(epochs))}}/{epochs}", f"loss {history['loss'][-1]:.4f}"]
+    if history["accuracy"][-1] is not None:
+        parts.append(f"acc {history['accuracy'][-1]:.4f}")
+    if "val_loss" in history:
+        parts.append(f"val_loss {history['val_loss'][-1]:.4f}")
+        if history["val_accuracy"][-1] is not None:
+            parts.append(f"val_acc {history['val_accuracy'][-1]:.4f}")
+    parts.append(f"{history['epoch_time'][-1] * 1e3:.0f} ms")
+    return "  ".join(parts)
