@@ -1,0 +1,150 @@
+"""The layer API: modes, state, parameters, gradients of each layer."""
+
+import numpy as np
+import pytest
+
+import normkit as nk
+
+from .gradcheck import numerical_grad
+
+
+def _grad_check_layer(layer, x, rng, atol=1e-7):
+    dy = rng.standard_normal(layer(x).shape)
+    for p in layer.parameters():
+        p.grad[...] = 0
+    layer(x)
+    dx = layer.backward(dy)
+    idx, num = numerical_grad(lambda: layer(x), x, dy, rng=rng)
+    np.testing.assert_allclose(dx.reshape(-1)[idx], num, rtol=1e-6, atol=atol)
+    for p in layer.parameters():
+        idx, num = numerical_grad(lambda: layer(x), p.data, dy, rng=rng)
+        np.testing.assert_allclose(p.grad.reshape(-1)[idx], num, rtol=1e-6, atol=atol)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nk.Linear(5, 3, dtype=np.float64),
+    lambda: nk.Tanh(), lambda: nk.Sigmoid(),
+    lambda: nk.BatchNorm(5, dtype=np.float64),
+    lambda: nk.LayerNorm(5, dtype=np.float64),
+    lambda: nk.BatchNorm(5, dtype=np.float64).eval(),
+])
+def test_layer_gradients(rng, make):
+    layer = make()
+    if layer.parameters():  # move away from the init so every gradient term matters
+        for p in layer.parameters():
+            p.data[...] = rng.standard_normal(p.data.shape)
+    _grad_check_layer(layer, rng.standard_normal((7, 5)), rng)
+
+
+def test_relu_gradient_away_from_the_kink(rng):
+    x = rng.standard_normal((6, 4))
+    x[np.abs(x) < 0.1] = 0.5
+    relu = nk.ReLU()
+    _grad_check_layer(relu, x, rng)
+
+
+def test_linear_init_like_pytorch(rng):
+    layer = nk.Linear(400, 300, rng=rng)
+    bound = 1 / np.sqrt(400)
+    assert layer.weight.data.shape == (300, 400) and layer.weight.data.dtype == np.float32
+    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.bias.data).max() <= bound
+    # uniform on [-b, b]: variance b^2 / 3
+    assert abs(layer.weight.data.var() / (bound ** 2 / 3) - 1) < 0.02
+
+
+def test_dropout_keeps_about_one_minus_p_and_rescales(rng):
+    drop = nk.Dropout(0.3, rng=rng)
+    x = np.ones((400, 500), np.float32)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.005
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+    np.testing.assert_array_equal(drop.backward(x), y)  # same mask, same scale
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(ValueError, match="p must be in"):
+        nk.Dropout(1.5)
+
+
+def test_batchnorm_modes_running_stats_and_freeze(rng):
+    bn = nk.BatchNorm(4, momentum=0.5)
+    x = (rng.standard_normal((32, 4)) * 3 + 2).astype(np.float32)
+    y = bn(x)
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-5)
+    assert bn.num_batches_tracked == 1
+    np.testing.assert_allclose(bn.running_mean, 0.5 * x.mean(axis=0), rtol=1e-5)
+    bn.eval()
+    stats = bn.running_mean.copy(), bn.running_var.copy()
+    y_eval = bn(x)
+    np.testing.assert_allclose(y_eval, (x - stats[0]) / np.sqrt(stats[1] + 1e-5), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(bn(x), y_eval)  # eval is deterministic and changes nothing
+    np.testing.assert_array_equal(bn.running_mean, stats[0])
+    bn.train().freeze()
+    y_frozen = bn(x)
+    np.testing.assert_array_equal(y_frozen, y_eval)
+    assert bn.num_batches_tracked == 1 and np.array_equal(bn.running_mean, stats[0])
+    bn.backward(np.ones_like(x))
+    assert np.abs(bn.bias.grad).sum() > 0  # parameters still learn while frozen
+    bn.unfreeze()
+    bn(x)
+    assert bn.num_batches_tracked == 2
+    bn.reset_running_stats()
+    assert bn.num_batches_tracked == 0 and (bn.running_var == 1).all()
+
+
+def test_batchnorm_errors_leave_state_unchanged(rng):
+    bn = nk.BatchNorm(3)
+    bn(rng.standard_normal((8, 3)).astype(np.float32))
+    before = bn.state_dict()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="expected input with 3 channels on axis 1"):
+        bn(np.ones((4, 5), np.float32))
+    with pytest.raises(TypeError, match="int64"):
+        bn(np.ones((4, 3), np.int64))
+    after = bn.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nk.BatchNorm(3).backward(np.ones((4, 3)))
+
+
+def test_batchnorm_without_running_stats_uses_batch_stats_in_eval(rng):
+    bn = nk.BatchNorm(3, track_running_stats=False, affine=False).eval()
+    x = rng.standard_normal((10, 3)) + 5
+    np.testing.assert_allclose(bn(x).mean(axis=0), 0, atol=1e-10)
+    assert bn.weight is None and bn.parameters() == []
+    assert set(bn.state_dict()) == {"num_batches_tracked"}
+
+
+def test_output_dtype_follows_input(rng):
+    model = nk.Sequential(nk.Linear(4, 6), nk.BatchNorm(6), nk.ReLU(), nk.LayerNorm(6), nk.Sigmoid())
+    for dtype in (np.float32, np.float64):
+        assert model(rng.standard_normal((5, 4)).astype(dtype)).dtype == dtype
+
+
+def test_sequential_state_dict_keys_and_modes():
+    model = nk.seed_model(10, norm="batch")
+    keys = model.state_dict().keys()
+    assert {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+            "1.num_batches_tracked", "12.weight", "12.bias"} <= set(keys)
+    assert len(model.parameters()) == 4 * 2 + 3 * 2
+    model.eval()
+    assert not any(layer.training for layer in model)
+    model.train()
+    assert all(layer.training for layer in model)
+    with pytest.raises(TypeError, match="not a layer"):
+        nk.Sequential(nk.ReLU(), "relu")
+
+
+def test_zero_grad_and_accumulation(rng):
+    lin = nk.Linear(3, 2, rng=rng)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    lin(x)
+    lin.backward(np.ones((4, 2), np.float32))
+    g1 = lin.weight.grad.copy()
+    lin(x)
+    lin.backward(np.ones((4, 2), np.float32))
+    np.testing.assert_allclose(lin.weight.grad, 2 * g1, rtol=1e-6)
+    lin.zero_grad()
+    assert not lin.weight.grad.any()

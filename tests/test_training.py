@@ -1,0 +1,149 @@
+"""Training on real data, reproducibility, losses and optimisers against PyTorch."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import normkit as nk
+from normkit import cli, datasets
+
+from .gradcheck import numerical_grad
+
+pytest.importorskip("sklearn")
+
+
+def _train(name, norm="batch", epochs=8, seed=0, progress=False):
+    X, y, Xv, yv = datasets.load(name)
+    out = 1 if name == "breast_cancer" else 10
+    nk.manual_seed(seed)
+    model = nk.seed_model(X.shape[1], out, norm=norm)
+    loss = nk.BCELoss() if out == 1 else nk.CrossEntropyLoss()
+    hist = nk.fit(model, X, y, loss=loss, optimizer=nk.Adam(model.parameters(), lr=1e-3),
+                  epochs=epochs, batch_size=32, validation=(Xv, yv), seed=seed, progress=progress)
+    return model, hist
+
+
+@pytest.mark.parametrize("name,target", [("breast_cancer", 0.95), ("digits", 0.93)])
+def test_seed_model_with_batchnorm_learns_real_data(name, target):
+    _, hist = _train(name)
+    assert hist["val_accuracy"][-1] >= target, hist["val_accuracy"]
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert len(hist["loss"]) == len(hist["val_loss"]) == len(hist["epoch_time"]) == 8
+
+
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_seed_model_with_layernorm_or_none_trains(norm):
+    _, hist = _train("breast_cancer", norm=norm, epochs=5)
+    assert hist["val_accuracy"][-1] >= 0.93 and hist["loss"][-1] < hist["loss"][0]
+
+
+def test_same_seed_same_history_other_seed_other_history():
+    m1, h1 = _train("breast_cancer", epochs=3, seed=7)
+    m2, h2 = _train("breast_cancer", epochs=3, seed=7)
+    m3, h3 = _train("breast_cancer", epochs=3, seed=8)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert h1[key] == h2[key]
+    assert h1["loss"] != h3["loss"]
+    for k, v in m1.state_dict().items():
+        np.testing.assert_array_equal(v, m2.state_dict()[k])
+
+
+def test_progress_lines(capsys):
+    _train("breast_cancer", epochs=2, progress=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("epoch 2/2") and "val_acc" in lines[1]
+    _train("breast_cancer", epochs=2, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_last_batch_of_one_is_folded_into_the_previous():
+    X, y = np.random.default_rng(0).standard_normal((65, 4)).astype(np.float32), np.zeros((65, 1), np.float32)
+    model = nk.Sequential(nk.Linear(4, 3), nk.BatchNorm(3), nk.Linear(3, 1), nk.Sigmoid())
+    nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1), epochs=1,
+           batch_size=32, progress=False)
+    assert model[1].num_batches_tracked == 2
+
+
+@pytest.mark.parametrize("make_loss,target_kind", [
+    (nk.BCELoss, "prob"), (nk.BCEWithLogitsLoss, "binary"), (nk.CrossEntropyLoss, "labels"), (nk.MSELoss, "real")])
+def test_loss_values_and_gradients(rng, make_loss, target_kind):
+    torch = pytest.importorskip("torch")
+    loss = make_loss()
+    if target_kind == "labels":
+        pred, target = rng.standard_normal((9, 4)), rng.integers(0, 4, 9)
+        want = torch.nn.functional.cross_entropy(torch.from_numpy(pred), torch.from_numpy(target)).item()
+    elif target_kind == "prob":
+        pred, target = rng.uniform(0.05, 0.95, (9, 1)), rng.integers(0, 2, (9, 1)).astype(float)
+        want = torch.nn.functional.binary_cross_entropy(torch.from_numpy(pred), torch.from_numpy(target)).item()
+    elif target_kind == "binary":
+        pred, target = rng.standard_normal((9, 1)) * 30, rng.integers(0, 2, (9, 1)).astype(float)
+        want = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(pred), torch.from_numpy(target)).item()
+    else:
+        pred, target = rng.standard_normal((9, 2)), rng.standard_normal((9, 2))
+        want = torch.nn.functional.mse_loss(torch.from_numpy(pred), torch.from_numpy(target)).item()
+    assert loss(pred, target) == pytest.approx(want, rel=1e-10)
+    grad = loss.backward()
+    idx, num = numerical_grad(lambda: np.array(loss(pred, target)), pred, 1.0, h=1e-7)
+    np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-5, atol=1e-9)
+
+
+def test_loss_errors():
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        nk.CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match="pred has shape"):
+        nk.MSELoss()(np.zeros((2, 3)), np.zeros(5))
+    with pytest.raises(RuntimeError, match="before the loss"):
+        nk.MSELoss().backward()
+
+
+@pytest.mark.parametrize("opt_name,kwargs", [
+    ("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+    ("Adam", dict(lr=0.01)), ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+])
+def test_optimisers_match_torch(rng, opt_name, kwargs):
+    torch = pytest.importorskip("torch")
+    w0 = rng.standard_normal((3, 4))
+    p = nk.Parameter(w0.copy())
+    tp = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = getattr(nk, opt_name)([p], **kwargs)
+    topt = getattr(torch.optim, opt_name)([tp], **kwargs)
+    for _ in range(5):
+        g = rng.standard_normal((3, 4))
+        opt.zero_grad()
+        p.grad += g
+        opt.step()
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_datasets_are_standardised_splits():
+    X, y, Xv, yv = datasets.load_breast_cancer()
+    assert X.shape[1] == 30 and len(X) + len(Xv) == 569 and y.shape == (len(X), 1)
+    np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-5)
+    X, y, Xv, yv = datasets.load_digits()
+    assert X.shape[1] == 64 and set(np.unique(y)) == set(range(10)) and y.dtype == np.int64
+    with pytest.raises(ValueError, match="unknown data set"):
+        datasets.load("mnist")
+
+
+def test_datasets_without_sklearn_say_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(ImportError, match=r"normkit\[data\]"):
+        datasets.load_digits()
+
+
+def test_demo_command_prints_the_table(capsys):
+    assert cli.main(["demo", "--dataset", "breast_cancer", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    for word in ("BatchNorm", "LayerNorm", "none", "val acc", "epochs to target", "ms/epoch"):
+        assert word in out
+
+
+def test_demo_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "normkit", "demo", "--dataset", "digits", "--epochs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("digits") == 3
