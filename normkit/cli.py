@@ -21,6 +21,16 @@ def _cmd_demo(args):
     return 0
 
 
+def _cmd_bench(args):
+    from . import benchmark
+    cases = benchmark.QUICK_CASES if args.quick else benchmark.CASES
+    result = benchmark.run(cases, threads=args.threads, repeats=args.repeats,
+                           with_torch=not args.no_torch, startup=not args.quick)
+    print(benchmark.format_markdown(result))
+    benchmark.save(result, args.json, args.markdown)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="normkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +44,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="print one line per epoch")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("bench", help="time normkit vs NumPy vs PyTorch; GB/s vs a parallel copy")
+    p.add_argument("--threads", type=int, default=2, help="threads for every implementation")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="small cases, no start-up measurement")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
