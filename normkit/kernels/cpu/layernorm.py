@@ -1,7 +1,8 @@
 """LayerNorm CPU kernels on a (rows, cols) array, normalising each row.
 
-Each row is read from memory once: its mean, its two-pass variance and its output are computed
-while the row sits in cache, with float64 accumulators. The backward pass produces dx row by row
+Each row is read from memory once: its mean and variance (float64 sums of x - K and (x - K)^2
+with K the row's first value; see batchnorm.py for why this is exact to about n * eps64) and then
+its output, while the row sits in cache. The backward pass produces dx row by row
 and accumulates dweight/dbias into per-chunk partial rows (a fixed number of chunks, so the result
 does not depend on the thread count), merged at the end.
 """
@@ -11,7 +12,7 @@ import math
 import numpy as np
 from numba import prange
 
-from ._compile import kernel
+from ._compile import helper, kernel
 
 BACKWARD_CHUNKS = 16  # partial dweight/dbias rows; enough to keep 16 cores busy
 
@@ -22,20 +23,33 @@ def _forward(x, weight, bias, eps, out, mean, rstd):
     inv_n = 1.0 / n_cols
     for r in prange(n_rows):
         xr = x[r]  # 1-D row views let LLVM vectorise (see batchnorm.py)
-        total = 0.0
+        k = np.float64(xr[0])
+        s1 = 0.0
+        s2 = 0.0
         for c in range(n_cols):
-            total += xr[c]
-        mu = total * inv_n
-        sq = 0.0
-        for c in range(n_cols):  # the row is still in cache
-            d = xr[c] - mu
-            sq += d * d
-        rs = 1.0 / math.sqrt(sq * inv_n + eps)
+            d = xr[c] - k
+            s1 += d
+            s2 += d * d
+        mean_d = s1 * inv_n
+        mu = k + mean_d
+        rs = 1.0 / math.sqrt(max(s2 * inv_n - mean_d * mean_d, 0.0) + eps)
         o = out[r]
         for c in range(n_cols):
             o[c] = (xr[c] - mu) * rs * weight[c] + bias[c]
         mean[r] = mu
         rstd[r] = rs
+
+
+@helper
+def _row_sums(gr, xr, weight, mu, rs):
+    """sum(dxhat) and sum(dxhat * xhat) of one row, where dxhat = dy * weight."""
+    sum_g = 0.0
+    sum_g_xhat = 0.0
+    for c in range(xr.shape[0]):
+        g = gr[c] * weight[c]
+        sum_g += g
+        sum_g_xhat += g * ((xr[c] - mu) * rs)
+    return sum_g, sum_g_xhat
 
 
 @kernel
@@ -48,26 +62,42 @@ def _backward(dy, x, mean, rstd, weight, out, n_chunks):
     for k in prange(n_chunks):
         dw = dweight[k]
         db = dbias[k]
-        for r in range(k * rows_per_chunk, min((k + 1) * rows_per_chunk, n_rows)):
-            mu = mean[r]
-            rs = rstd[r]
-            xr = x[r]
-            gr = dy[r]
-            o = out[r]
-            sum_g = 0.0       # sum of dxhat = dy * weight
-            sum_g_xhat = 0.0  # sum of dxhat * xhat
+        r = k * rows_per_chunk
+        r_end = min(r + rows_per_chunk, n_rows)
+        # Two rows per sweep: dweight/dbias partials are updated once per two rows, which halves
+        # the stores that bound this loop. Each row is still in cache for its second pass.
+        while r + 2 <= r_end:
+            x0, x1, g0, g1, o0, o1 = x[r], x[r + 1], dy[r], dy[r + 1], out[r], out[r + 1]
+            mu0, mu1, rs0, rs1 = mean[r], mean[r + 1], rstd[r], rstd[r + 1]
+            a0, b0 = _row_sums(g0, x0, weight, mu0, rs0)
+            a1, b1 = _row_sums(g1, x1, weight, mu1, rs1)
+            a0 *= inv_n
+            b0 *= inv_n
+            a1 *= inv_n
+            b1 *= inv_n
             for c in range(n_cols):
-                g = gr[c] * weight[c]
-                sum_g += g
-                sum_g_xhat += g * ((xr[c] - mu) * rs)
-            mean_g = sum_g * inv_n
-            mean_g_xhat = sum_g_xhat * inv_n
-            for c in range(n_cols):  # the row is still in cache
+                gg0 = np.float64(g0[c])
+                gg1 = np.float64(g1[c])
+                xh0 = (x0[c] - mu0) * rs0
+                xh1 = (x1[c] - mu1) * rs1
+                o0[c] = rs0 * (gg0 * weight[c] - a0 - xh0 * b0)
+                o1[c] = rs1 * (gg1 * weight[c] - a1 - xh1 * b1)
+                dw[c] += gg0 * xh0 + gg1 * xh1
+                db[c] += gg0 + gg1
+            r += 2
+        while r < r_end:
+            xr, gr, o = x[r], dy[r], out[r]
+            mu, rs = mean[r], rstd[r]
+            a, b = _row_sums(gr, xr, weight, mu, rs)
+            a *= inv_n
+            b *= inv_n
+            for c in range(n_cols):
                 g = np.float64(gr[c])
                 xhat = (xr[c] - mu) * rs
-                o[c] = rs * (g * weight[c] - mean_g - xhat * mean_g_xhat)
+                o[c] = rs * (g * weight[c] - a - xhat * b)
                 dw[c] += g * xhat
                 db[c] += g
+            r += 1
     return dweight, dbias
 
 
