@@ -7,9 +7,14 @@ CUDA_INSTALL_HINT = ("install the CUDA extra: pip install 'normkit[cuda]' (numba
                      "NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator")
 
 
+def is_numba_device_array(x):
+    """numba.cuda device arrays, real or the simulator's (which has no CUDA array interface)."""
+    return hasattr(x, "copy_to_host") and hasattr(x, "is_c_contiguous")
+
+
 def is_device_array(x):
     """True for arrays that live on a CUDA device (numba, CuPy, PyTorch CUDA tensors...)."""
-    return hasattr(x, "__cuda_array_interface__")
+    return hasattr(x, "__cuda_array_interface__") or is_numba_device_array(x)
 
 
 def cuda_available():

@@ -3,6 +3,7 @@
 Every check runs before any state is touched, so a call that raises changes nothing.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -90,3 +91,46 @@ def normalized_shape_tuple(normalized_shape, op):
     if not shape or any(d <= 0 for d in shape):
         raise ValueError(f"{op}: normalized_shape must be non-empty with positive sizes, got {shape}")
     return shape
+
+
+class BatchNormArgs:
+    """The validated arguments of a BatchNorm call (shared by every backend)."""
+
+    def __init__(self, shape, axis, weight, bias, running_mean, running_var, training, momentum,
+                 eps, num_batches_tracked, op="batch_norm"):
+        if len(shape) < 2:
+            raise ValueError(f"{op}: x must have at least 2 dimensions (batch and channel), got shape {shape}")
+        self.axis = channel_axis(axis, len(shape), op)
+        self.channels = shape[self.axis]
+        self.count = math.prod(shape) // self.channels  # values per channel
+        self.eps = positive_eps(eps, op)
+        self.momentum = momentum_value(momentum, op)
+        self.weight = param_vector(weight, (self.channels,), op, "weight")
+        self.bias = param_vector(bias, (self.channels,), op, "bias")
+        self.running_mean = running_stat(running_mean, self.channels, op, "running_mean")
+        self.running_var = running_stat(running_var, self.channels, op, "running_var")
+        if (self.running_mean is None) != (self.running_var is None):
+            raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+        if not training and self.running_mean is None:
+            raise ValueError(f"{op}: training=False normalises with the running statistics, "
+                             "so running_mean and running_var are required")
+        if training and self.count <= 1:
+            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
+                             f"got input of shape {shape} (channel axis {self.axis})")
+        if training and self.running_mean is not None and self.momentum is None and num_batches_tracked is None:
+            raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+
+
+class LayerNormArgs:
+    """The validated arguments of a LayerNorm call (shared by every backend)."""
+
+    def __init__(self, shape, normalized_shape, weight, bias, eps, op="layer_norm"):
+        self.normalized_shape = normalized_shape_tuple(normalized_shape, op)
+        k = len(self.normalized_shape)
+        if len(shape) < k or tuple(shape[len(shape) - k:]) != self.normalized_shape:
+            raise ValueError(f"{op}: the input's trailing dimensions must equal normalized_shape "
+                             f"{self.normalized_shape}, got input of shape {tuple(shape)}")
+        self.cols = math.prod(self.normalized_shape)
+        self.eps = positive_eps(eps, op)
+        self.weight = param_vector(weight, self.normalized_shape, op, "weight")
+        self.bias = param_vector(bias, self.normalized_shape, op, "bias")

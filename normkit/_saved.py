@@ -34,6 +34,7 @@ class LayerNormSaved:
     weight: Optional[Any]        # flattened, float64, or None
     has_bias: bool
     param_dtype: Optional[np.dtype]
+    layout: Any = None           # backend-specific (cuda: whether the caller's arrays are on the host)
 
 
 def param_dtype(weight, bias):

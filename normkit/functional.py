@@ -4,8 +4,6 @@ Argument order follows ``torch.nn.functional``. Every forward returns ``(y, save
 ``saved`` holds what the matching backward needs; pass it back unchanged.
 """
 
-import math
-
 import numpy as np
 
 from . import _backend, _checks, reference
@@ -74,27 +72,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                                          momentum, eps, axis=axis,
                                          num_batches_tracked=num_batches_tracked)
     x = _checks.float_array(x, op)
-    if x.ndim < 2:
-        raise ValueError(f"{op}: x must have at least 2 dimensions (batch and channel), got shape {x.shape}")
-    axis = _checks.channel_axis(axis, x.ndim, op)
-    n_channels = x.shape[axis]
-    count = x.size // n_channels
-    eps = _checks.positive_eps(eps, op)
-    momentum = _checks.momentum_value(momentum, op)
-    w = _checks.param_vector(weight, (n_channels,), op, "weight")
-    b = _checks.param_vector(bias, (n_channels,), op, "bias")
-    running_mean = _checks.running_stat(running_mean, n_channels, op, "running_mean")
-    running_var = _checks.running_stat(running_var, n_channels, op, "running_var")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
-    if not training and running_mean is None:
-        raise ValueError(f"{op}: training=False normalises with the running statistics, "
-                         "so running_mean and running_var are required")
-    if training and count <= 1:
-        raise ValueError(f"{op}: expected more than 1 value per channel when training, "
-                         f"got input of shape {x.shape} (channel axis {axis})")
-    if training and running_mean is not None and momentum is None and num_batches_tracked is None:
-        raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
+    args = _checks.BatchNormArgs(x.shape, axis, weight, bias, running_mean, running_var, training,
+                                 momentum, eps, num_batches_tracked)
+    axis, momentum, eps, w, b = args.axis, args.momentum, args.eps, args.weight, args.bias
+    running_mean, running_var, count, n_channels = args.running_mean, args.running_var, args.count, args.channels
 
     if backend == "numpy":
         return reference.batch_norm(x, running_mean, running_var, weight, bias, training,
@@ -199,17 +180,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend
     if backend == "cuda":
         return _cuda_module().layer_norm(x, normalized_shape, weight, bias, eps)
     x = _checks.float_array(x, op)
-    shape = _checks.normalized_shape_tuple(normalized_shape, op)
-    if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
-        raise ValueError(f"{op}: the input's trailing dimensions must equal normalized_shape "
-                         f"{shape}, got input of shape {x.shape}")
-    eps = _checks.positive_eps(eps, op)
-    w = _checks.param_vector(weight, shape, op, "weight")
-    b = _checks.param_vector(bias, shape, op, "bias")
+    args = _checks.LayerNormArgs(x.shape, normalized_shape, weight, bias, eps)
+    shape, eps, w, b, n_cols = args.normalized_shape, args.eps, args.weight, args.bias, args.cols
     if backend == "numpy":
         return reference.layer_norm(x, shape, weight, bias, eps)
 
-    n_cols = math.prod(shape)
     xk = layer_norm_rows(x, n_cols)
     y = np.empty(x.shape, dtype=x.dtype)
     mean, rstd = _ln_cpu.forward(xk, np.ones(n_cols) if w is None else w,

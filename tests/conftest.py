@@ -7,6 +7,10 @@ import pytest
 
 from normkit import config
 
+# tests/cuda needs NUMBA_ENABLE_CUDASIM set before numba is imported (or a GPU): it runs in its own
+# pytest process, started by tests/test_cuda_simulator.py, or by hand with NORMKIT_CUDA_TESTS=1.
+collect_ignore = [] if os.environ.get("NORMKIT_CUDA_TESTS") else ["cuda"]
+
 # Fresh random inputs on every run; set NORMKIT_TEST_SEED to replay a failing one.
 SESSION_SEED = int(os.environ.get("NORMKIT_TEST_SEED", random.SystemRandom().randrange(2**31)))
 

@@ -1,0 +1,142 @@
+"""BatchNorm CUDA kernels, on the same two layouts as the CPU kernels:
+
+* "wide" (rows, cols): each column belongs to a channel. Blocks of 32 x 8 threads: a warp reads
+  32 neighbouring columns of one row (coalesced), 8 rows at a time.
+* "runs" (outer, C, inner) with long contiguous inner runs: one block per (channel, slice),
+  threads stride along the runs.
+
+Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first value (the CPU
+module explains why this is exact); each block writes one partial per channel, and the host merges
+the partials (a few KB). Elementwise passes use grid-stride loops.
+"""
+
+from numba import cuda, float64
+
+from ._reduce import BLOCK, block_sum2
+
+WIDE_X, WIDE_Y = 32, 8  # largest block shape of the wide kernels (blockDim.y may be smaller)
+
+
+@cuda.jit
+def wide_shifted_sums_kernel(x, shift, sums, squares):
+    """sums/squares[blockIdx.y, col]: this block's rows' sum of (x - K) and its square, where
+    K = x[0, col] (written to shift[col] for the host)."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * WIDE_X + tx
+    n_rows, n_cols = x.shape
+    s1 = 0.0
+    s2 = 0.0
+    if col < n_cols:
+        k = float64(x[0, col])
+        if cuda.blockIdx.y == 0 and ty == 0:
+            shift[col] = k
+        for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
+            d = float64(x[r, col]) - k
+            s1 += d
+            s2 += d * d
+    sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
+    sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
+    sh1[ty, tx] = s1
+    sh2[ty, tx] = s2
+    cuda.syncthreads()
+    if ty == 0 and col < n_cols:
+        for j in range(1, cuda.blockDim.y):
+            s1 += sh1[j, tx]
+            s2 += sh2[j, tx]
+        sums[cuda.blockIdx.y, col] = s1
+        squares[cuda.blockIdx.y, col] = s2
+
+
+@cuda.jit
+def wide_grad_sums_kernel(dy, x, mean, sums, sums_xc):
+    """sums/sums_xc[blockIdx.y, col]: this block's rows' sum of dy and of dy * (x - mean)."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    col = cuda.blockIdx.x * WIDE_X + tx
+    n_rows, n_cols = x.shape
+    s1 = 0.0
+    s2 = 0.0
+    if col < n_cols:
+        m = mean[col]
+        for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
+            g = float64(dy[r, col])
+            s1 += g
+            s2 += g * (float64(x[r, col]) - m)
+    sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
+    sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
+    sh1[ty, tx] = s1
+    sh2[ty, tx] = s2
+    cuda.syncthreads()
+    if ty == 0 and col < n_cols:
+        for j in range(1, cuda.blockDim.y):
+            s1 += sh1[j, tx]
+            s2 += sh2[j, tx]
+        sums[cuda.blockIdx.y, col] = s1
+        sums_xc[cuda.blockIdx.y, col] = s2
+
+
+@cuda.jit
+def runs_shifted_sums_kernel(x, shift, sums, squares):
+    """sums/squares[blockIdx.y, c] for channel c = blockIdx.x over a slice of its values, shifted
+    by K = x[0, c, 0] (written to shift[c] for the host)."""
+    c = cuda.blockIdx.x
+    n_outer, _, n_inner = x.shape
+    total = n_outer * n_inner
+    k = float64(x[0, c, 0])
+    if cuda.blockIdx.y == 0 and cuda.threadIdx.x == 0:
+        shift[c] = k
+    s1 = 0.0
+    s2 = 0.0
+    stride = cuda.gridDim.y * cuda.blockDim.x
+    for j in range(cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x, total, stride):
+        d = float64(x[j // n_inner, c, j % n_inner]) - k
+        s1 += d
+        s2 += d * d
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    s1, s2 = block_sum2(s1, s2, sa, sb)
+    if cuda.threadIdx.x == 0:
+        sums[cuda.blockIdx.y, c] = s1
+        squares[cuda.blockIdx.y, c] = s2
+
+
+@cuda.jit
+def runs_grad_sums_kernel(dy, x, mean, sums, sums_xc):
+    """sums/sums_xc[blockIdx.y, c]: sum of dy and of dy * (x - mean) over a slice of channel c."""
+    c = cuda.blockIdx.x
+    n_outer, _, n_inner = x.shape
+    total = n_outer * n_inner
+    m = mean[c]
+    s1 = 0.0
+    s2 = 0.0
+    stride = cuda.gridDim.y * cuda.blockDim.x
+    for j in range(cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x, total, stride):
+        o = j // n_inner
+        i = j % n_inner
+        g = float64(dy[o, c, i])
+        s1 += g
+        s2 += g * (float64(x[o, c, i]) - m)
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    s1, s2 = block_sum2(s1, s2, sa, sb)
+    if cuda.threadIdx.x == 0:
+        sums[cuda.blockIdx.y, c] = s1
+        sums_xc[cuda.blockIdx.y, c] = s2
+
+
+@cuda.jit
+def affine_kernel(x, mean, scale, shift, out, n_inner):
+    """Flat (n,) arrays of a contiguous (outer, C, inner) tensor: out = (x - mean) * scale + shift
+    with the channel of element j being (j // n_inner) % C."""
+    n_ch = mean.shape[0]
+    for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        c = (j // n_inner) % n_ch
+        out[j] = (float64(x[j]) - mean[c]) * scale[c] + shift[c]
+
+
+@cuda.jit
+def grad_input_kernel(dy, x, mean, scale, a, b, out, n_inner):
+    """Flat arrays as in affine_kernel: out = scale * (dy - a - (x - mean) * b) per channel."""
+    n_ch = mean.shape[0]
+    for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        c = (j // n_inner) % n_ch
+        out[j] = scale[c] * (float64(dy[j]) - a[c] - (float64(x[j]) - mean[c]) * b[c])
