@@ -54,20 +54,16 @@ def torch_calls(op, x, dy, c, axis):
     xg = xt.detach().clone().requires_grad_(True) if axis != -1 else \
         xt.detach().clone(memory_format=torch.channels_last).requires_grad_(True)
     wg, bg = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
-    sync = torch.cuda.synchronize
     if op == "layer_norm":
         y = tf.layer_norm(xg, (c,), wg, bg)
-        fwd = lambda: tf.layer_norm(xt, (c,), w, b)  # noqa: E731
-        calls = {"forward": fwd}
+        calls = {"forward": lambda: tf.layer_norm(xt, (c,), w, b)}
     else:
         rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
         y = tf.batch_norm(xg, rm.clone(), rv.clone(), wg, bg, training=True)
         calls = {"forward": lambda: tf.batch_norm(xt, rm, rv, w, b, training=True),
                  "eval": lambda: tf.batch_norm(xt, rm, rv, w, b, training=False)}
     calls["backward"] = lambda: torch.autograd.grad(y, (xg, wg, bg), dyt, retain_graph=True)
-    with torch.no_grad():
-        return {k: (lambda f=f: (f(), sync())) if k != "backward" else (lambda f=f: (f(), sync()))
-                for k, f in calls.items()}
+    return calls  # PyTorch and numba both launch on the legacy default stream: events time both
 
 
 def normkit_calls(op, xd, dyd, c, axis):
