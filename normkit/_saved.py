@@ -29,8 +29,8 @@ class LayerNormSaved:
     x: Any                       # the input (the (rows, cols) view the kernels read, for numba)
     x_shape: tuple
     normalized_shape: tuple
-    mean: Any                    # per row, float64
-    rstd: Any                    # per row, float64
+    mean: Any                    # per row, float64 (cuda: a device (2, rows) array of mean, rstd)
+    rstd: Any                    # per row, float64 (cuda: None)
     weight: Optional[Any]        # flattened, float64, or None
     has_bias: bool
     param_dtype: Optional[np.dtype]

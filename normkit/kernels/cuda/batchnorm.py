@@ -18,9 +18,9 @@ WIDE_X, WIDE_Y = 32, 8  # largest block shape of the wide kernels (blockDim.y ma
 
 
 @cuda.jit
-def wide_shifted_sums_kernel(x, shift, sums, squares):
-    """sums/squares[blockIdx.y, col]: this block's rows' sum of (x - K) and its square, where
-    K = x[0, col] (written to shift[col] for the host)."""
+def wide_shifted_sums_kernel(x, partials):
+    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col] (P = gridDim.y): this block's
+    rows' sum of (x - K) and of its square, where K = x[0, col] (written to partials[2P, col])."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
@@ -29,7 +29,7 @@ def wide_shifted_sums_kernel(x, shift, sums, squares):
     if col < n_cols:
         k = float64(x[0, col])
         if cuda.blockIdx.y == 0 and ty == 0:
-            shift[col] = k
+            partials[2 * cuda.gridDim.y, col] = k
         for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
             d = float64(x[r, col]) - k
             s1 += d
@@ -43,13 +43,14 @@ def wide_shifted_sums_kernel(x, shift, sums, squares):
         for j in range(1, cuda.blockDim.y):
             s1 += sh1[j, tx]
             s2 += sh2[j, tx]
-        sums[cuda.blockIdx.y, col] = s1
-        squares[cuda.blockIdx.y, col] = s2
+        partials[cuda.blockIdx.y, col] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
 
 
 @cuda.jit
-def wide_grad_sums_kernel(dy, x, mean, sums, sums_xc):
-    """sums/sums_xc[blockIdx.y, col]: this block's rows' sum of dy and of dy * (x - mean)."""
+def wide_grad_sums_kernel(dy, x, mean, partials):
+    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col]: this block's rows' sum of dy
+    and of dy * (x - mean)."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
@@ -70,20 +71,20 @@ def wide_grad_sums_kernel(dy, x, mean, sums, sums_xc):
         for j in range(1, cuda.blockDim.y):
             s1 += sh1[j, tx]
             s2 += sh2[j, tx]
-        sums[cuda.blockIdx.y, col] = s1
-        sums_xc[cuda.blockIdx.y, col] = s2
+        partials[cuda.blockIdx.y, col] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
 
 
 @cuda.jit
-def runs_shifted_sums_kernel(x, shift, sums, squares):
-    """sums/squares[blockIdx.y, c] for channel c = blockIdx.x over a slice of its values, shifted
-    by K = x[0, c, 0] (written to shift[c] for the host)."""
+def runs_shifted_sums_kernel(x, partials):
+    """partials[blockIdx.y, c] and partials[P + blockIdx.y, c] for channel c = blockIdx.x: sums
+    of (x - K) and of its square over a slice of the channel, K = x[0, c, 0] (in partials[2P, c])."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
     total = n_outer * n_inner
     k = float64(x[0, c, 0])
     if cuda.blockIdx.y == 0 and cuda.threadIdx.x == 0:
-        shift[c] = k
+        partials[2 * cuda.gridDim.y, c] = k
     s1 = 0.0
     s2 = 0.0
     stride = cuda.gridDim.y * cuda.blockDim.x
@@ -95,13 +96,14 @@ def runs_shifted_sums_kernel(x, shift, sums, squares):
     sb = cuda.shared.array(BLOCK, float64)
     s1, s2 = block_sum2(s1, s2, sa, sb)
     if cuda.threadIdx.x == 0:
-        sums[cuda.blockIdx.y, c] = s1
-        squares[cuda.blockIdx.y, c] = s2
+        partials[cuda.blockIdx.y, c] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, c] = s2
 
 
 @cuda.jit
-def runs_grad_sums_kernel(dy, x, mean, sums, sums_xc):
-    """sums/sums_xc[blockIdx.y, c]: sum of dy and of dy * (x - mean) over a slice of channel c."""
+def runs_grad_sums_kernel(dy, x, mean, partials):
+    """partials[blockIdx.y, c] and partials[P + blockIdx.y, c]: sum of dy and of dy * (x - mean)
+    over a slice of channel c."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
     total = n_outer * n_inner
@@ -119,24 +121,25 @@ def runs_grad_sums_kernel(dy, x, mean, sums, sums_xc):
     sb = cuda.shared.array(BLOCK, float64)
     s1, s2 = block_sum2(s1, s2, sa, sb)
     if cuda.threadIdx.x == 0:
-        sums[cuda.blockIdx.y, c] = s1
-        sums_xc[cuda.blockIdx.y, c] = s2
+        partials[cuda.blockIdx.y, c] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, c] = s2
 
 
 @cuda.jit
-def affine_kernel(x, mean, scale, shift, out, n_inner):
-    """Flat (n,) arrays of a contiguous (outer, C, inner) tensor: out = (x - mean) * scale + shift
-    with the channel of element j being (j // n_inner) % C."""
-    n_ch = mean.shape[0]
+def affine_kernel(x, coef, out, n_inner):
+    """Flat (n,) arrays of a contiguous (outer, C, inner) tensor: out = (x - mean) * scale + shift,
+    coef = (mean, scale, shift) rows of C values, the channel of element j being (j // n_inner) % C."""
+    n_ch = coef.shape[1]
     for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         c = (j // n_inner) % n_ch
-        out[j] = (float64(x[j]) - mean[c]) * scale[c] + shift[c]
+        out[j] = (float64(x[j]) - coef[0, c]) * coef[1, c] + coef[2, c]
 
 
 @cuda.jit
-def grad_input_kernel(dy, x, mean, scale, a, b, out, n_inner):
-    """Flat arrays as in affine_kernel: out = scale * (dy - a - (x - mean) * b) per channel."""
-    n_ch = mean.shape[0]
+def grad_input_kernel(dy, x, coef, out, n_inner):
+    """Flat arrays as in affine_kernel: out = scale * (dy - a - (x - mean) * b), coef = (mean,
+    scale, a, b) rows of C values."""
+    n_ch = coef.shape[1]
     for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
         c = (j // n_inner) % n_ch
-        out[j] = scale[c] * (float64(dy[j]) - a[c] - (float64(x[j]) - mean[c]) * b[c])
+        out[j] = coef[1, c] * (float64(dy[j]) - coef[2, c] - (float64(x[j]) - coef[0, c]) * coef[3, c])

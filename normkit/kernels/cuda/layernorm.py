@@ -16,7 +16,8 @@ COL_X, ROW_Y = 32, 8
 
 
 @cuda.jit
-def forward_kernel(x, weight, bias, eps, out, mean, rstd):
+def forward_kernel(x, params, eps, out, stats):
+    """params: rows (weight, bias); stats: rows (mean, rstd) per row of x, written here."""
     n_rows, n_cols = x.shape
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
@@ -34,25 +35,25 @@ def forward_kernel(x, weight, bias, eps, out, mean, rstd):
         mu = k + mean_d
         rs = 1.0 / math.sqrt(max(s2 / n_cols - mean_d * mean_d, 0.0) + eps)
         for c in range(tid, n_cols, cuda.blockDim.x):
-            out[r, c] = (float64(x[r, c]) - mu) * rs * weight[c] + bias[c]
+            out[r, c] = (float64(x[r, c]) - mu) * rs * params[0, c] + params[1, c]
         if tid == 0:
-            mean[r] = mu
-            rstd[r] = rs
+            stats[0, r] = mu
+            stats[1, r] = rs
 
 
 @cuda.jit
-def backward_dx_kernel(dy, x, mean, rstd, weight, out):
+def backward_dx_kernel(dy, x, stats, params, out):
     n_rows, n_cols = x.shape
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     tid = cuda.threadIdx.x
     for r in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):
-        mu = mean[r]
-        rs = rstd[r]
+        mu = stats[0, r]
+        rs = stats[1, r]
         s1 = 0.0
         s2 = 0.0
         for c in range(tid, n_cols, cuda.blockDim.x):
-            g = float64(dy[r, c]) * weight[c]
+            g = float64(dy[r, c]) * params[0, c]
             s1 += g
             s2 += g * (float64(x[r, c]) - mu) * rs
         s1, s2 = block_sum2(s1, s2, sa, sb)
@@ -60,12 +61,13 @@ def backward_dx_kernel(dy, x, mean, rstd, weight, out):
         b = s2 / n_cols
         for c in range(tid, n_cols, cuda.blockDim.x):
             xhat = (float64(x[r, c]) - mu) * rs
-            out[r, c] = rs * (float64(dy[r, c]) * weight[c] - a - xhat * b)
+            out[r, c] = rs * (float64(dy[r, c]) * params[0, c] - a - xhat * b)
 
 
 @cuda.jit
-def param_grad_kernel(dy, x, mean, rstd, dweight, dbias):
-    """dweight/dbias[blockIdx.y, col]: sums over this block's rows of dy * xhat and dy."""
+def param_grad_kernel(dy, x, stats, partials):
+    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col] (P = gridDim.y): sums over this
+    block's rows of dy * xhat (dweight) and of dy (dbias)."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * COL_X + tx
     n_rows, n_cols = x.shape
@@ -74,7 +76,7 @@ def param_grad_kernel(dy, x, mean, rstd, dweight, dbias):
     if col < n_cols:
         for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
             g = float64(dy[r, col])
-            s1 += g * (float64(x[r, col]) - mean[r]) * rstd[r]
+            s1 += g * (float64(x[r, col]) - stats[0, r]) * stats[1, r]
             s2 += g
     sh1 = cuda.shared.array((ROW_Y, COL_X), float64)
     sh2 = cuda.shared.array((ROW_Y, COL_X), float64)
@@ -85,5 +87,5 @@ def param_grad_kernel(dy, x, mean, rstd, dweight, dbias):
         for j in range(1, cuda.blockDim.y):
             s1 += sh1[j, tx]
             s2 += sh2[j, tx]
-        dweight[cuda.blockIdx.y, col] = s1
-        dbias[cuda.blockIdx.y, col] = s2
+        partials[cuda.blockIdx.y, col] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
