@@ -16,6 +16,7 @@ from .optim import SGD, Adam  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .serialization import load_state, save  # noqa: E402
 from .training import History, evaluate, fit, predict  # noqa: E402
+from .distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm  # noqa: E402
 
 __all__ = [
     "F", "functional", "reference", "nn", "config", "info", "format_info", "NonFiniteBatchWarning",
@@ -23,5 +24,5 @@ __all__ = [
     "Module", "Parameter", "BatchNorm", "LayerNorm", "Linear", "ReLU", "Sigmoid", "Tanh",
     "Dropout", "Sequential", "SGD", "Adam", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "MSELoss", "fit", "predict", "evaluate", "History", "save", "load_state", "manual_seed",
-    "seed_model",
+    "seed_model", "SyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm",
 ]

@@ -97,7 +97,7 @@ class BatchNormArgs:
     """The validated arguments of a BatchNorm call (shared by every backend)."""
 
     def __init__(self, shape, axis, weight, bias, running_mean, running_var, training, momentum,
-                 eps, num_batches_tracked, op="batch_norm"):
+                 eps, num_batches_tracked, op="batch_norm", check_count=True):
         if len(shape) < 2:
             raise ValueError(f"{op}: x must have at least 2 dimensions (batch and channel), got shape {shape}")
         self.axis = channel_axis(axis, len(shape), op)
@@ -114,7 +114,7 @@ class BatchNormArgs:
         if not training and self.running_mean is None:
             raise ValueError(f"{op}: training=False normalises with the running statistics, "
                              "so running_mean and running_var are required")
-        if training and self.count <= 1:
+        if training and check_count and self.count <= 1:
             raise ValueError(f"{op}: expected more than 1 value per channel when training, "
                              f"got input of shape {shape} (channel axis {self.axis})")
         if training and self.running_mean is not None and self.momentum is None and num_batches_tracked is None:

@@ -13,11 +13,18 @@ def _cmd_info(args):
 def _cmd_demo(args):
     from . import demo
     names = ["breast_cancer", "digits"] if args.dataset == "both" else [args.dataset]
-    print(f"Seed model: 3 x (Linear(256) -> norm -> ReLU -> Dropout(0.3)), Adam lr={args.lr}, "
-          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    comm, rank, where = None, 0, "1 process"
+    if args.distributed:
+        from .distributed import world
+        comm = world()
+        rank, where = comm.Get_rank(), f"{comm.Get_size()} processes (SyncBatchNorm, data-parallel)"
+    if rank == 0:
+        print(f"Seed model: 3 x (Linear(256) -> norm -> ReLU -> Dropout(0.3)), Adam lr={args.lr}, "
+              f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, {where}")
     rows = demo.run(names, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, progress=args.progress)
-    print(demo.format_table(rows))
+                    seed=args.seed, progress=args.progress and rank == 0, comm=comm)
+    if rank == 0:
+        print(demo.format_table(rows))
     return 0
 
 
@@ -28,6 +35,22 @@ def _cmd_bench(args):
                            with_torch=not args.no_torch, startup=not args.quick)
     print(benchmark.format_markdown(result))
     benchmark.save(result, args.json, args.markdown)
+    return 0
+
+
+def _cmd_experiment(args):
+    import os
+
+    from . import diagnostics
+    result = diagnostics.run(args.name, quick=args.quick, seed=args.seed)
+    print(result.table())
+    if not args.no_plot:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+            path = diagnostics.plot(result, os.path.join(args.out, f"{args.name}.png"))
+            print(f"figure: {path}")
+        except ImportError as exc:
+            print(f"no figure: {exc}")
     return 0
 
 
@@ -43,6 +66,8 @@ def build_parser():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="print one line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run as mpiexec -n 2 normkit demo --distributed")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="time normkit vs NumPy vs PyTorch; GB/s vs a parallel copy")
     p.add_argument("--threads", type=int, default=2, help="threads for every implementation")
@@ -52,6 +77,14 @@ def build_parser():
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.set_defaults(func=_cmd_bench)
+    from .diagnostics.experiments import EXPERIMENTS
+    p = sub.add_parser("experiment", help="measure a claim about BatchNorm on real data")
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--quick", action="store_true", help="a small version for tests (< 20 s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="figures", help="folder for the PNG (default: ./figures)")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=_cmd_experiment)
     return parser
 
 

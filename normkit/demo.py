@@ -16,8 +16,11 @@ NORM_NAMES = {"batch": "BatchNorm", "layer": "LayerNorm", "none": "none"}
 
 
 def run(names=("breast_cancer", "digits"), norms=("batch", "layer", "none"), *, epochs=20,
-        batch_size=32, lr=1e-3, seed=0, progress=False):
-    """Train every (data set, normalisation) pair; returns one dict of results per pair."""
+        batch_size=32, lr=1e-3, seed=0, progress=False, comm=None):
+    """Train every (data set, normalisation) pair; returns one dict of results per pair.
+
+    With ``comm`` (an mpi4py communicator) training is data-parallel across its processes, with
+    every BatchNorm converted to a SyncBatchNorm."""
     rows = []
     for name in names:
         X_tr, y_tr, X_val, y_val = datasets.load(name, seed=seed)
@@ -26,10 +29,13 @@ def run(names=("breast_cancer", "digits"), norms=("batch", "layer", "none"), *, 
         for norm in norms:
             with random.seeded(seed):  # same init for every variant
                 model = seed_model(X_tr.shape[1], n_classes, norm=norm)
+            if comm is not None:
+                from .distributed import convert_sync_batchnorm
+                convert_sync_batchnorm(model, comm)
             start = time.perf_counter()
             hist = fit(model, X_tr, y_tr, loss=loss, optimizer=Adam(model.parameters(), lr=lr),
                        epochs=epochs, batch_size=batch_size, validation=(X_val, y_val),
-                       seed=seed, progress=progress)
+                       seed=seed, progress=progress, comm=comm)
             rows.append({
                 "dataset": name, "norm": NORM_NAMES[norm], "train_loss": hist["loss"][-1],
                 "val_accuracy": hist["val_accuracy"][-1], "best_val_accuracy": max(hist["val_accuracy"]),

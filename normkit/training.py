@@ -32,11 +32,11 @@ def accuracy(pred, target, loss):
     return None
 
 
-def _batches(n, batch_size, order):
+def _batches(n, batch_size, order, min_last=2):
     starts = list(range(0, n, batch_size))
-    # A last batch of one sample would make BatchNorm fail ("more than 1 value per channel"):
-    # fold it into the previous batch instead.
-    if len(starts) > 1 and n - starts[-1] == 1:
+    # A last batch of one sample would make BatchNorm fail ("more than 1 value per channel"),
+    # and with several processes each needs a sample: fold a short last batch into the previous.
+    if len(starts) > 1 and n - starts[-1] < min_last:
         starts.pop()
     ends = starts[1:] + [n]
     return [order[s:e] for s, e in zip(starts, ends)]
@@ -59,7 +59,7 @@ def evaluate(model, X, y, loss, batch_size=1024):
 
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, shuffle=True,
-        seed=0, progress=True, callbacks=()):
+        seed=0, progress=True, callbacks=(), comm=None):
     """Train ``model`` with mini-batches; returns a :class:`History`.
 
     Parameters
@@ -81,6 +81,14 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         Print one line per epoch.
     callbacks : iterable of callables
         Each is called as ``callback(epoch, model, history)`` after every epoch (1-based epoch).
+    comm : mpi4py communicator, optional
+        Data-parallel training: every process passes the same X, y and seed; each batch is split
+        into one contiguous slice per process, the upstream gradient is weighted by the slice's
+        share of the batch, and the parameter gradients are summed across processes with one
+        Allreduce per step, so the update equals single-process training on the whole batch
+        (exactly so with SyncBatchNorm, see :func:`normkit.convert_sync_batchnorm`). Parameters
+        start from rank 0's; losses and accuracies are those of the whole batch; only rank 0
+        prints progress.
     """
     if len(X) != len(y):
         raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
@@ -90,23 +98,42 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])
     n = len(X)
+    size, rank, sync = 1, 0, None
+    if comm is not None and comm.Get_size() > 1:
+        from .distributed import GradientSync
+        size, rank = comm.Get_size(), comm.Get_rank()
+        sync = GradientSync(model.parameters(), comm)
+        sync.broadcast_parameters()
+        progress = progress and rank == 0
     with random.seeded(seed) as gen:
         shuffler = np.random.default_rng(gen.integers(2**63))
+        if rank:  # different dropout masks per process, shuffling shared by all
+            random.manual_seed([seed, rank])
         model.train()
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             order = shuffler.permutation(n) if shuffle else np.arange(n)
             total_loss = 0.0
             correct = 0.0
-            for idx in _batches(n, batch_size, order):
+            for batch in _batches(n, batch_size, order, min_last=max(2, size)):
+                idx = np.array_split(batch, size)[rank] if size > 1 else batch
                 xb, yb = X[idx], y[idx]
                 optimizer.zero_grad()
                 pred = model(xb)
-                total_loss += loss(pred, yb) * len(idx)
-                model.backward(loss.backward())
-                optimizer.step()
+                batch_loss = loss(pred, yb) * len(idx)
+                dpred = loss.backward()
                 acc = accuracy(pred, yb, loss)
-                correct += 0.0 if acc is None else acc * len(idx)
+                batch_correct = 0.0 if acc is None else acc * len(idx)
+                if sync is not None:
+                    # the local loss is a mean over len(idx) samples; the batch's over len(batch)
+                    dpred = dpred * np.asarray(len(idx) / len(batch), dtype=dpred.dtype)
+                model.backward(dpred)
+                if sync is not None:
+                    sync()
+                    batch_loss, batch_correct = comm.allreduce(np.array([batch_loss, batch_correct]))
+                optimizer.step()
+                total_loss += batch_loss
+                correct += batch_correct
             history["epoch_time"].append(time.perf_counter() - start)
             history["loss"].append(total_loss / n)
             history["accuracy"].append(None if accuracy(pred, yb, loss) is None else correct / n)
@@ -131,3 +158,4 @@ def _progress_line(epoch, epochs, history):
             parts.append(f"val_acc {history['val_accuracy'][-1]:.4f}")
     parts.append(f"{history['epoch_time'][-1] * 1e3:.0f} ms")
     return "  ".join(parts)
+

@@ -1,0 +1,145 @@
+"""Run under mpiexec by tests/test_distributed.py: python mpi_check.py sync|fit|fault|eval.
+
+Every rank prints "OK <mode> rank <r>" when its checks pass; an assertion error exits non-zero.
+"""
+
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import normkit as nk
+from normkit.distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+
+
+def slices(n_total):
+    """Uneven contiguous slices, one of them a single sample."""
+    sizes = [1] + [2 * k + 3 for k in range(1, size)]
+    sizes[-1] += n_total - sum(sizes)
+    bounds = np.cumsum([0] + sizes)
+    return slice(bounds[rank], bounds[rank + 1])
+
+
+def check_sync():
+    rng = np.random.default_rng(0)  # same data on every rank
+    for shape, axis in [((24, 5), 1), ((20, 3, 7), 1), ((22, 4, 4, 3), -1)]:
+        x = rng.standard_normal(shape) * 3 + 2
+        dy = rng.standard_normal(shape)
+        c = shape[axis]
+        w, b = rng.standard_normal(c), rng.standard_normal(c)
+        plain = nk.BatchNorm(c, axis=axis, dtype=np.float64, momentum=0.3)
+        sync = SyncBatchNorm(c, axis=axis, dtype=np.float64, momentum=0.3, comm=comm)
+        for layer in (plain, sync):
+            layer.weight.data[...] = w
+            layer.bias.data[...] = b
+        sl = slices(shape[0])
+        for step in range(2):  # running statistics over two steps
+            y_all = plain(x + step)
+            y = sync((x + step)[sl])
+            np.testing.assert_allclose(y, y_all[sl], atol=1e-10)
+        dx_all = plain.backward(dy)
+        dx = sync.backward(dy[sl])
+        np.testing.assert_allclose(dx, dx_all[sl], atol=1e-10)
+        for name in ("weight", "bias"):
+            total = comm.allreduce(getattr(sync, name).grad)
+            np.testing.assert_allclose(total, getattr(plain, name).grad, atol=1e-10)
+        np.testing.assert_allclose(sync.running_mean, plain.running_mean, atol=1e-10)
+        np.testing.assert_allclose(sync.running_var, plain.running_var, atol=1e-10)
+        assert sync.num_batches_tracked == plain.num_batches_tracked == 2
+        # eval after training: the same answer, locally
+        plain.eval()
+        sync.eval()
+        np.testing.assert_allclose(sync(x[sl]), plain(x)[sl], atol=1e-10)
+    # conversion and back keep parameters and statistics
+    model = nk.seed_model(5, norm="batch", dtype=np.float64, rng=np.random.default_rng(1))
+    before = model.state_dict()
+    convert_sync_batchnorm(model, comm)
+    assert isinstance(model[1], SyncBatchNorm) and model[1].weight is not None
+    revert_sync_batchnorm(model)
+    assert type(model[1]) is nk.BatchNorm
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def check_fit():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((90, 6))
+    y = (X[:, :2].sum(axis=1, keepdims=True) > 0).astype(np.float64)
+
+    def train(comm_arg, sync):
+        model = nk.seed_model(6, norm="batch", hidden=16, dropout=0.0, dtype=np.float64,
+                              rng=np.random.default_rng(3))
+        if sync:
+            convert_sync_batchnorm(model, comm)
+        opt = nk.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=opt, epochs=2, batch_size=32,
+                      seed=5, progress=False, comm=comm_arg)
+        return model, hist
+
+    single, h1 = train(None, False)
+    multi, h2 = train(comm, True)
+    for k, v in single.state_dict().items():
+        np.testing.assert_allclose(multi.state_dict()[k], v, rtol=1e-9, atol=1e-10, err_msg=k)
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-9)
+    # parameters are identical on every process
+    mine = np.concatenate([p.data.ravel() for p in multi.parameters()])
+    assert np.array_equal(comm.bcast(mine), mine)
+
+
+def check_fault():
+    layer = SyncBatchNorm(4, comm=comm, dtype=np.float64)
+    x = np.ones((5, 3 if rank == 1 else 4))  # rank 1 has the wrong channel count
+    try:
+        layer(x)
+    except ValueError as exc:
+        assert rank == 1 and "4 channels" in str(exc), exc
+    except RuntimeError as exc:
+        assert rank != 1 and "rank 1 failed" in str(exc), exc
+    else:
+        raise AssertionError("no error raised")
+    assert layer.num_batches_tracked == 0 and (layer.running_mean == 0).all()
+    # and the collective is still usable afterwards
+    assert comm.allreduce(1) == size
+
+
+class CountingComm:
+    """A communicator that counts the calls made through it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+
+    def Get_size(self):
+        return self.inner.Get_size()
+
+    def __getattr__(self, name):
+        self.calls += 1
+        return getattr(self.inner, name)
+
+
+def check_eval():
+    counting = CountingComm(comm)
+    layer = SyncBatchNorm(3, comm=counting, dtype=np.float64)
+    x = np.random.default_rng(rank).standard_normal((6, 3))
+    layer(x)
+    layer.backward(np.ones_like(x))
+    assert counting.calls > 0
+    counting.calls = 0
+    layer.eval()
+    layer(x)
+    layer.backward(np.ones_like(x))
+    assert counting.calls == 0, counting.calls
+    single = CountingComm(MPI.COMM_SELF)
+    alone = SyncBatchNorm(3, comm=single, dtype=np.float64)
+    alone(x)
+    alone.backward(np.ones_like(x))
+    assert single.calls == 0
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    {"sync": check_sync, "fit": check_fit, "fault": check_fault, "eval": check_eval}[mode]()
+    print(f"OK {mode} rank {rank}", flush=True)
