@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parent / "scripts" / "mpi_check.py"
+# One thread per process: BLAS and Numba threads of several processes fighting for the cores
+# while MPI busy-waits made a training step 50x slower (measured).
+ONE_THREAD = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 
 
 def test_missing_mpi4py_says_how_to_install(monkeypatch):
@@ -32,7 +35,7 @@ def _mpiexec():
 def test_under_mpiexec(n, mode):
     proc = subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(SCRIPT), mode],
                           capture_output=True, text=True, timeout=240,
-                          env=dict(os.environ, NUMBA_NUM_THREADS="1"))
+                          env=ONE_THREAD)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     for rank in range(n):
@@ -43,7 +46,7 @@ def test_distributed_demo():
     proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "normkit", "demo", "--distributed",
                            "--dataset", "breast_cancer", "--epochs", "2"],
                           capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, NUMBA_NUM_THREADS="1"))
+                          env=ONE_THREAD)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("breast_cancer")]
     assert len(rows) == 3  # rank 0 alone prints the table

@@ -1,5 +1,7 @@
 """Figures for the experiments (matplotlib, the ``plot`` extra), drawn off-screen to PNG."""
 
+import numpy as np
+
 
 def _pyplot():
     try:
@@ -41,7 +43,7 @@ def _batch_size(plt, r):
     for col, (b, (before, after)) in enumerate(hists.items()):
         axes[0, col].hist(before, bins=40, color="#e74c3c", alpha=0.75, density=True)
         axes[0, col].set_title(f"before BN (B={b})", fontsize=9)
-        axes[1, col].hist(after, bins=40, color="#3498db", alpha=0.75, density=True)
+        axes[1, col].hist(after, bins=np.linspace(-4, 4, 41), color="#3498db", alpha=0.75, density=True)
         axes[1, col].set_title(f"after BN (B={b})", fontsize=9)
         axes[1, col].set_xlim(-4, 4)
     axes[0, 0].set_ylabel("density")
