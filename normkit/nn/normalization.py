@@ -6,6 +6,15 @@ from .. import _checks, functional as F
 from .module import Module, Parameter
 
 
+def _accumulate(layer, dx, dweight, dbias):
+    """Add a normalisation's parameter gradients into .grad; return dx."""
+    if dweight is not None:
+        layer.weight.grad += dweight
+    if dbias is not None:
+        layer.bias.grad += dbias
+    return dx
+
+
 class BatchNorm(Module):
     """Batch normalisation over every axis but ``axis`` (PyTorch's BatchNorm1d/2d/3d in one).
 
@@ -105,12 +114,7 @@ class BatchNorm(Module):
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.batch_norm_backward(dy, self._need_forward(self._saved))
-        if dweight is not None:
-            self.weight.grad += dweight
-        if dbias is not None:
-            self.bias.grad += dbias
-        return dx
+        return _accumulate(self, *F.batch_norm_backward(dy, self._need_forward(self._saved)))
 
     def extra_repr(self):
         return (f"{self.num_features}, axis={self.axis}, eps={self.eps}, momentum={self.momentum}, "
@@ -151,12 +155,7 @@ class LayerNorm(Module):
         return y
 
     def backward(self, dy):
-        dx, dweight, dbias = F.layer_norm_backward(dy, self._need_forward(self._saved))
-        if dweight is not None:
-            self.weight.grad += dweight
-        if dbias is not None:
-            self.bias.grad += dbias
-        return dx
+        return _accumulate(self, *F.layer_norm_backward(dy, self._need_forward(self._saved)))
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -31,3 +31,20 @@ def block_sum2(a, b, sa, sb):
     total_b = sb[0]
     cuda.syncthreads()  # the shared arrays may be reused right after
     return total_a, total_b
+
+
+@cuda.jit(device=True)
+def column_partials(s1, s2, sh1, sh2, partials, col, n_cols):
+    """Sum a 2-D block's per-thread (s1, s2) down threadIdx.y and write them for column ``col``:
+    partials[blockIdx.y, col] and partials[gridDim.y + blockIdx.y, col]. ``sh1``/``sh2`` are
+    float64 shared arrays of at least (blockDim.y, blockDim.x)."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    sh1[ty, tx] = s1
+    sh2[ty, tx] = s2
+    cuda.syncthreads()
+    if ty == 0 and col < n_cols:
+        for j in range(1, cuda.blockDim.y):
+            s1 += sh1[j, tx]
+            s2 += sh2[j, tx]
+        partials[cuda.blockIdx.y, col] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2

@@ -12,7 +12,7 @@ the partials (a few KB). Elementwise passes use grid-stride loops.
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, block_sum2
+from ._reduce import BLOCK, block_sum2, column_partials
 
 WIDE_X, WIDE_Y = 32, 8  # largest block shape of the wide kernels (blockDim.y may be smaller)
 
@@ -36,15 +36,7 @@ def wide_shifted_sums_kernel(x, partials):
             s2 += d * d
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
-    sh1[ty, tx] = s1
-    sh2[ty, tx] = s2
-    cuda.syncthreads()
-    if ty == 0 and col < n_cols:
-        for j in range(1, cuda.blockDim.y):
-            s1 += sh1[j, tx]
-            s2 += sh2[j, tx]
-        partials[cuda.blockIdx.y, col] = s1
-        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
+    column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
 
 
 @cuda.jit
@@ -64,15 +56,7 @@ def wide_grad_sums_kernel(dy, x, mean, partials):
             s2 += g * (float64(x[r, col]) - m)
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
-    sh1[ty, tx] = s1
-    sh2[ty, tx] = s2
-    cuda.syncthreads()
-    if ty == 0 and col < n_cols:
-        for j in range(1, cuda.blockDim.y):
-            s1 += sh1[j, tx]
-            s2 += sh2[j, tx]
-        partials[cuda.blockIdx.y, col] = s1
-        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
+    column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
 
 
 @cuda.jit

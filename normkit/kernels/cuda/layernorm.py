@@ -10,7 +10,7 @@ import math
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, block_sum2
+from ._reduce import BLOCK, block_sum2, column_partials
 
 COL_X, ROW_Y = 32, 8
 
@@ -80,12 +80,4 @@ def param_grad_kernel(dy, x, stats, partials):
             s2 += g
     sh1 = cuda.shared.array((ROW_Y, COL_X), float64)
     sh2 = cuda.shared.array((ROW_Y, COL_X), float64)
-    sh1[ty, tx] = s1
-    sh2[ty, tx] = s2
-    cuda.syncthreads()
-    if ty == 0 and col < n_cols:
-        for j in range(1, cuda.blockDim.y):
-            s1 += sh1[j, tx]
-            s2 += sh2[j, tx]
-        partials[cuda.blockIdx.y, col] = s1
-        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
+    column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
