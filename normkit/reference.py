@@ -27,8 +27,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     count = x.size // x.shape[axis]                               # values per channel
     updated = False
     if training:
-        mean = xd.mean(axis=reduce_axes)                          # (C,)
-        var = xd.var(axis=reduce_axes)                            # (C,) biased, two-pass
+        with np.errstate(invalid="ignore"):  # inf input: NaN statistics, reported below
+            mean = xd.mean(axis=reduce_axes)                      # (C,)
+            var = xd.var(axis=reduce_axes)                        # (C,) biased, two-pass
         if running_mean is not None:
             updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
                                            num_batches_tracked, "batch_norm")
@@ -36,7 +37,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
     rstd = 1.0 / np.sqrt(var + eps)                               # (C,)
-    xhat = (xd - _per_channel(mean, axis, x.ndim)) * _per_channel(rstd, axis, x.ndim)
+    with np.errstate(invalid="ignore"):  # NaN/inf propagate to the output, as in PyTorch
+        xhat = (xd - _per_channel(mean, axis, x.ndim)) * _per_channel(rstd, axis, x.ndim)
     y = xhat
     if weight is not None:
         y = y * _per_channel(weight, axis, x.ndim)

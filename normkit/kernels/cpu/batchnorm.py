@@ -259,8 +259,9 @@ def _runs_grad_input(dy, x, mean, scale, a, b, out, segment):
 
 def moments_from_shifted_sums(shift, sum_d, sum_d2, count):
     """Mean and biased variance from sums of d = x - shift and d^2 over ``count`` values."""
-    mean_d = sum_d / count
-    var = np.maximum(sum_d2 / count - mean_d * mean_d, 0.0)
+    with np.errstate(invalid="ignore"):  # inf input: inf - inf is NaN, reported by the caller
+        mean_d = sum_d / count
+        var = np.maximum(sum_d2 / count - mean_d * mean_d, 0.0)
     return shift + mean_d, var
 
 
