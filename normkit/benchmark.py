@@ -174,6 +174,21 @@ def best_time(fn, repeats=10, min_time=0.0):
     return min(times)
 
 
+def _interleaved_best(fns, repeats_for, repeats):
+    """Fastest call of each function, their calls taken in turn (round-robin) so that a noisy
+    moment on this shared machine hits every implementation alike."""
+    for fn in fns.values():
+        fn()  # warm-up: compilation and caches
+    best = {name: float("inf") for name in fns}
+    for round_ in range(repeats):
+        for name, fn in fns.items():
+            if round_ < repeats_for.get(name, repeats):
+                t0 = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 # ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
@@ -193,8 +208,8 @@ def run(cases=CASES, threads=2, repeats=10, numpy_repeats=3, with_torch=True, st
         if with_torch:
             impls["torch"] = torch_calls(case, x, dy, w, b)
         for pass_ in case.passes:
-            t = {name: best_time(calls[pass_], numpy_repeats if name == "numpy" else repeats)
-                 for name, calls in impls.items()}
+            t = _interleaved_best({name: calls[pass_] for name, calls in impls.items()},
+                                  {"numpy": numpy_repeats}, repeats)
             gbs = BYTES_MOVED[pass_] * case.nbytes / t["normkit"] / 1e9
             rows.append({
                 "case": case.name, "pass": pass_, "mbytes": case.nbytes / 2**20,
