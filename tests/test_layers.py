@@ -148,3 +148,17 @@ def test_zero_grad_and_accumulation(rng):
     np.testing.assert_allclose(lin.weight.grad, 2 * g1, rtol=1e-6)
     lin.zero_grad()
     assert not lin.weight.grad.any()
+
+
+@pytest.mark.parametrize("make", [lambda: nk.BatchNorm(3), lambda: nk.LayerNorm(3), lambda: nk.Linear(3, 2),
+                                  nk.ReLU, nk.Sigmoid, nk.Tanh, lambda: nk.Dropout(0.2)])
+@pytest.mark.parametrize("bad,exc,what", [
+    (np.ones((4, 3), np.int32), TypeError, "int32"), (np.ones((4, 3), bool), TypeError, "bool"),
+    (np.ones((4, 3), complex), TypeError, "complex"), (np.ones((4, 3), object), TypeError, "object"),
+    (np.ones((0, 3), np.float32), ValueError, "empty"),
+])
+def test_layers_reject_bad_input_naming_themselves(make, bad, exc, what):
+    layer = make()
+    name = type(layer).__name__
+    with pytest.raises(exc, match=f"{name}.*{what}"):
+        layer(bad)

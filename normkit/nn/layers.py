@@ -49,6 +49,7 @@ class Linear(Module):
 
 class ReLU(Module):
     def forward(self, x):
+        x = _checks.float_array(x, "ReLU")
         self._mask = x > 0
         return x * self._mask
 
@@ -58,7 +59,7 @@ class ReLU(Module):
 
 class Sigmoid(Module):
     def forward(self, x):
-        self._y = expit(x)  # overflow-free logistic
+        self._y = expit(_checks.float_array(x, "Sigmoid"))  # overflow-free logistic
         return self._y
 
     def backward(self, dy):
@@ -68,7 +69,7 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     def forward(self, x):
-        self._y = np.tanh(x)
+        self._y = np.tanh(_checks.float_array(x, "Tanh"))
         return self._y
 
     def backward(self, dy):
@@ -90,6 +91,7 @@ class Dropout(Module):
         self._scale = None
 
     def forward(self, x):
+        x = _checks.float_array(x, "Dropout")
         if not self.training or self.p == 0.0:
             self._scale = None
             return x

@@ -3,7 +3,14 @@
 import numpy as np
 
 from .. import _checks, functional as F
+from .._backend import is_device_array
 from .module import Module, Parameter
+
+
+def _host_input_check(x, layer_name):
+    """dtype/emptiness errors that name the layer (device arrays are checked by the CUDA path)."""
+    if not is_device_array(x):
+        _checks.float_array(x, layer_name)
 
 
 def _accumulate(layer, dx, dweight, dbias):
@@ -92,6 +99,7 @@ class BatchNorm(Module):
         return self
 
     def _check_channels(self, x):
+        _host_input_check(x, type(self).__name__)
         shape = np.shape(x)
         ndim = len(shape)
         axis = _checks.channel_axis(self.axis, max(ndim, 1), type(self).__name__)
@@ -149,6 +157,7 @@ class LayerNorm(Module):
         self._saved = None
 
     def forward(self, x):
+        _host_input_check(x, "LayerNorm")
         y, self._saved = F.layer_norm(
             x, self.normalized_shape, None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data, eps=self.eps, backend=self.backend)
