@@ -8,7 +8,6 @@ Adam. Bytes are counted from the buffers each collective moves per process (sent
 
 import time
 
-import numpy as np
 from mpi4py import MPI
 
 import normkit as nk

@@ -19,7 +19,6 @@ import numpy as np
 from numba import njit, prange
 
 from . import functional as F
-from . import reference as R
 
 
 @dataclass(frozen=True)
@@ -162,16 +161,9 @@ def copy_bandwidth(nbytes=64 << 20, repeats=20):
     return 2 * nbytes / best_time(lambda: _parallel_copy(src, dst), repeats) / 1e9
 
 
-def best_time(fn, repeats=10, min_time=0.0):
+def best_time(fn, repeats=10):
     """The fastest of ``repeats`` calls (after one warm-up call), in seconds."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return _interleaved_best({"fn": fn}, {}, repeats)["fn"]
 
 
 def _interleaved_best(fns, repeats_for, repeats):

@@ -69,11 +69,10 @@ class SyncBatchNorm(BatchNorm):
         self.comm = world() if comm is None else comm
         self._sync = None
 
-    def _uses_batch_stats(self):
-        return (self.training and not self.frozen) or not self.track_running_stats
-
     def forward(self, x):
-        if self.comm.Get_size() == 1 or not self._uses_batch_stats():
+        # Only training synchronises (as in PyTorch): eval mode without running statistics
+        # normalises each process's slice with its own batch statistics.
+        if self.comm.Get_size() == 1 or not self.training or self.frozen:
             self._sync = None
             return super().forward(x)
         op = "SyncBatchNorm"
@@ -101,7 +100,7 @@ class SyncBatchNorm(BatchNorm):
             raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
                              f"{total} over all processes")
         mean, var = combine_moments(counts, parts[:, 1], parts[:, 2])  # same order on every rank
-        if self.training and not self.frozen and self.track_running_stats:
+        if self.track_running_stats:
             if update_running_stats(self.running_mean, self.running_var, mean, var, total,
                                     self.momentum, self.num_batches_tracked, op):
                 self.num_batches_tracked += 1
