@@ -20,7 +20,8 @@ class BatchNormSaved:
     batch_stats: bool            # True: normalised with batch statistics (the training backward)
     count: int                   # values per channel
     running_stats_updated: bool  # whether this call changed the running statistics
-    layout: Any = None           # backend-specific layout plan
+    layout: Any = None           # numba: the BatchNormLayout the kernels used
+    host_io: bool = True         # cuda: the caller passed host arrays, so results go back to the host
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +35,7 @@ class LayerNormSaved:
     weight: Optional[Any]        # flattened, float64, or None
     has_bias: bool
     param_dtype: Optional[np.dtype]
-    layout: Any = None           # backend-specific (cuda: whether the caller's arrays are on the host)
+    host_io: bool = True         # cuda: the caller passed host arrays, so results go back to the host
 
 
 def param_dtype(weight, bias):

@@ -164,7 +164,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     saved = BatchNormSaved(
         backend="cuda", x=x3, x_shape=tuple(xd.shape), axis=axis, mean=mean, rstd=rstd, weight=w,
         has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
-        count=count, running_stats_updated=updated, layout=on_host)
+        count=count, running_stats_updated=updated, host_io=on_host)
     return _result(yd, on_host), saved
 
 
@@ -192,7 +192,7 @@ def batch_norm_backward(dy, saved):
         dyd.reshape(n), x3.reshape(n), vectors_to_device(mean, scale, a, b), dxd.reshape(n), x3.shape[2])
     dweight = None if saved.weight is None else (sum_dy_xc * rstd).astype(saved.param_dtype)
     dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
-    return _result(dxd, saved.layout), dweight, dbias
+    return _result(dxd, saved.host_io), dweight, dbias
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
         x2, params, eps, yd.reshape(x2.shape), stats)
     saved = LayerNormSaved(
         backend="cuda", x=x2, x_shape=tuple(xd.shape), normalized_shape=shape, mean=stats, rstd=None,
-        weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias), layout=on_host)
+        weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias), host_io=on_host)
     return _result(yd, on_host), saved
 
 
@@ -251,4 +251,4 @@ def layer_norm_backward(dy, saved):
             dweight = p[:row_blocks].sum(axis=0).reshape(saved.normalized_shape).astype(saved.param_dtype)
         if saved.has_bias:
             dbias = p[row_blocks:].sum(axis=0).reshape(saved.normalized_shape).astype(saved.param_dtype)
-    return _result(dxd, saved.layout), dweight, dbias
+    return _result(dxd, saved.host_io), dweight, dbias
