@@ -120,6 +120,13 @@ class BatchNormArgs:
         if training and self.running_mean is not None and self.momentum is None and num_batches_tracked is None:
             raise ValueError(f"{op}: momentum=None (cumulative average) needs num_batches_tracked")
 
+    def coefficients(self, var):
+        """(rstd, scale, shift) per channel, float64: y = (x - mean) * scale + shift."""
+        rstd = 1.0 / np.sqrt(var + self.eps)
+        scale = rstd if self.weight is None else rstd * self.weight
+        shift = np.zeros(self.channels) if self.bias is None else self.bias
+        return rstd, scale, shift
+
 
 class LayerNormArgs:
     """The validated arguments of a LayerNorm call (shared by every backend)."""

@@ -69,6 +69,10 @@ class SyncBatchNorm(BatchNorm):
         self.comm = world() if comm is None else comm
         self._sync = None
 
+    def _param(self, name):
+        p = getattr(self, name)
+        return None if p is None else p.data
+
     def forward(self, x):
         # Only training synchronises (as in PyTorch): eval mode without running statistics
         # normalises each process's slice with its own batch statistics.
@@ -81,7 +85,8 @@ class SyncBatchNorm(BatchNorm):
             self._check_channels(x)
             x = _checks.float_array(x, op)
             # the count check is global, below: a local slice may hold a single sample
-            args = _checks.BatchNormArgs(x.shape, self.axis, None, None, self.running_mean,
+            args = _checks.BatchNormArgs(x.shape, self.axis, self._param("weight"), self._param("bias"),
+                                         self.running_mean,
                                          self.running_var, True, self.momentum, self.eps,
                                          self.num_batches_tracked, op, check_count=False)
         except Exception as exc:  # any local problem: tell the others before the collective
@@ -104,10 +109,7 @@ class SyncBatchNorm(BatchNorm):
             if update_running_stats(self.running_mean, self.running_var, mean, var, total,
                                     self.momentum, self.num_batches_tracked, op):
                 self.num_batches_tracked += 1
-        rstd = 1.0 / np.sqrt(var + self.eps)
-        w = None if self.weight is None else self.weight.data.astype(np.float64)
-        scale = rstd if w is None else rstd * w
-        shift = np.zeros(args.channels) if self.bias is None else self.bias.data.astype(np.float64)
+        rstd, scale, shift = args.coefficients(var)
         yk, y = layout.empty(x.dtype)
         _bn_cpu.affine(xk, mean, scale, shift, yk, layout.group)
         self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, scale=scale, total=total,

@@ -75,7 +75,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     args = _checks.BatchNormArgs(x.shape, axis, weight, bias, running_mean, running_var, training,
                                  momentum, eps, num_batches_tracked)
     axis, momentum, eps, w, b = args.axis, args.momentum, args.eps, args.weight, args.bias
-    running_mean, running_var, count, n_channels = args.running_mean, args.running_var, args.count, args.channels
+    running_mean, running_var, count = args.running_mean, args.running_var, args.count
 
     if backend == "numpy":
         return reference.batch_norm(x, running_mean, running_var, weight, bias, training,
@@ -92,9 +92,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd = 1.0 / np.sqrt(var + eps)
-    scale = rstd if w is None else rstd * w
-    shift = np.zeros(n_channels) if b is None else b
+    rstd, scale, shift = args.coefficients(var)
     yk, y = layout.empty(x.dtype)
     _bn_cpu.affine(xk, mean, scale, shift, yk, layout.group)
     saved = BatchNormSaved(

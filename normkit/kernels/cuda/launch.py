@@ -154,9 +154,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd = 1.0 / np.sqrt(var + args.eps)
-    scale = rstd if w is None else rstd * w
-    shift = np.zeros(n_ch) if b is None else b
+    rstd, scale, shift = args.coefficients(var)
     yd = cuda.device_array(xd.shape, xd.dtype)
     flat_x, flat_y = xd.reshape(xd.size), yd.reshape(xd.size)
     bn.affine_kernel[_grid_1d(xd.size, threads, target), threads](
