@@ -167,3 +167,24 @@ def test_constant_and_tiny_variance_inputs(rng, kernel_build):
     yr, _ = R.batch_norm(tiny, None, None, training=True, eps=1e-12)
     np.testing.assert_allclose(yk, yr, atol=2e-5)
     assert abs(yk.std() - 1) < 1e-3
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 7), min_size=2, max_size=5), data=st.data(),
+       seed=st.integers(0, 2**32 - 1), transpose=st.booleans())
+def test_any_shape_axis_and_memory_order_matches_reference(shape, data, seed, transpose):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 10) + rng.uniform(-100, 100)
+    if transpose:  # a non-contiguous view with reversed axes
+        x = x.T
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    if x.size // x.shape[axis] < 2:
+        return
+    y, saved = F.batch_norm(x, None, None, training=True, axis=axis)
+    yr, sr = R.batch_norm(x, None, None, training=True, axis=axis)
+    np.testing.assert_allclose(y, yr, atol=1e-9)
+    dy = rng.standard_normal(x.shape)
+    np.testing.assert_allclose(F.batch_norm_backward(dy, saved)[0], R.batch_norm_backward(dy, sr)[0], atol=1e-9)

@@ -94,3 +94,26 @@ def test_constant_rows_and_tiny_variance(rng, kernel_build):
     yk, _ = F.layer_norm(tiny, 128, eps=1e-12)
     yr, _ = R.layer_norm(tiny, 128, eps=1e-12)
     np.testing.assert_allclose(yk, yr, atol=2e-5)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 7), min_size=1, max_size=4), data=st.data(),
+       seed=st.integers(0, 2**32 - 1), transpose=st.booleans())
+def test_any_shape_and_memory_order_matches_reference(shape, data, seed, transpose):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 10) + rng.uniform(-100, 100)
+    if transpose:
+        x = x.T
+    k = data.draw(st.integers(1, x.ndim))
+    ns = x.shape[x.ndim - k:]
+    w = rng.standard_normal(ns)
+    y, saved = F.layer_norm(x, ns, w)
+    yr, sr = R.layer_norm(x, ns, w)
+    np.testing.assert_allclose(y, yr, atol=1e-9)
+    dy = rng.standard_normal(x.shape)
+    for got, want in zip(F.layer_norm_backward(dy, saved), R.layer_norm_backward(dy, sr)):
+        if want is not None:
+            np.testing.assert_allclose(got, want, atol=1e-8)
