@@ -2,7 +2,10 @@
 
 import types
 
+import numpy as np
 from numba import njit
+from numba import types as nb_types
+from numba.extending import overload
 
 from ... import config
 from ... import _threading
@@ -51,3 +54,15 @@ def kernel(py_func):
 
 # Helpers called from kernels: compiled once, inlined into both builds.
 helper = njit(**OPTIONS)
+
+
+def cast_like(value, array):
+    """``value`` converted to ``array``'s dtype (inside kernels: float32 stays float32)."""
+    return array.dtype.type(value)
+
+
+@overload(cast_like, jit_options=dict(cache=True))
+def _cast_like_impl(value, array):
+    if array.dtype == nb_types.float32:
+        return lambda value, array: np.float32(value)
+    return lambda value, array: np.float64(value)

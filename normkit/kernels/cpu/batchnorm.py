@@ -19,7 +19,7 @@ depend on the thread count.
 import numpy as np
 from numba import prange
 
-from ._compile import kernel
+from ._compile import cast_like, kernel
 
 COL_TILE = 1024         # columns per tile: one tile row is 4 KiB of float32 (measured best)
 TILE_ELEMENTS = 65536   # elements per tile (one parallel task)
@@ -80,7 +80,8 @@ def _wide_shifted_sums(x, shift, row_tile, col_tile):
 
 @kernel
 def _wide_affine(x, mean, scale, shift, out, row_tile, col_tile):
-    """out = (x - mean) * scale + shift, per column, computed in float64."""
+    """out = (x - mean) * scale + shift per column: centred in float64, scaled in out's dtype
+    (``scale``/``shift`` come in that dtype)."""
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
     n_ct = (n_cols + col_tile - 1) // col_tile
@@ -94,7 +95,7 @@ def _wide_affine(x, mean, scale, shift, out, row_tile, col_tile):
             xr = x[r, c0:c1]
             o = out[r, c0:c1]
             for j in range(xr.shape[0]):
-                o[j] = (xr[j] - m[j]) * k[j] + h[j]
+                o[j] = cast_like(xr[j] - m[j], out) * k[j] + h[j]
 
 
 @kernel
@@ -185,7 +186,7 @@ def _runs_shifted_sums(x, shift, segment):
 
 @kernel
 def _runs_affine(x, mean, scale, shift, out, segment):
-    """out = (x - mean) * scale + shift, per channel, computed in float64."""
+    """out = (x - mean) * scale + shift per channel: centred in float64, scaled in out's dtype."""
     n_outer, n_ch, n_inner = x.shape
     n_seg = (n_inner + segment - 1) // segment
     for t in prange(n_outer * n_ch * n_seg):
@@ -200,7 +201,7 @@ def _runs_affine(x, mean, scale, shift, out, segment):
         xs = x[o, c, i0:i1]
         os = out[o, c, i0:i1]
         for i in range(xs.shape[0]):
-            os[i] = (xs[i] - mu) * k + b
+            os[i] = cast_like(xs[i] - mu, out) * k + b
 
 
 @kernel
@@ -298,8 +299,10 @@ def batch_stats(x, group):
 
 
 def affine(x, mean, scale, shift, out, group):
-    """out = (x - mean) * scale + shift with per-channel float64 coefficients."""
+    """out = (x - mean) * scale + shift with per-channel float64 coefficients. The centring is
+    done in float64 (exact for a large mean); the scaling in the output's dtype (a few ulps)."""
     mean, scale, shift = (_expand(v, group) for v in (mean, scale, shift))
+    scale, shift = scale.astype(out.dtype), shift.astype(out.dtype)
     if x.ndim == 2:
         _wide_affine(x, mean, scale, shift, out, row_tile_for(x.shape[1]), COL_TILE, work=x.size)
     else:
