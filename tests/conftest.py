@@ -42,3 +42,8 @@ def assert_close(actual, expected, dtype, scale=1.0, what=""):
     tol = TOL[np.dtype(dtype).type]
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
                                rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=what)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Shown also under -q, so that a failure seen in CI can be replayed.
+    terminalreporter.write_line(f"normkit test seed: NORMKIT_TEST_SEED={SESSION_SEED}")
