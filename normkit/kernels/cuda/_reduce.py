@@ -48,3 +48,13 @@ def column_partials(s1, s2, sh1, sh2, partials, col, n_cols):
             s2 += sh2[j, tx]
         partials[cuda.blockIdx.y, col] = s1
         partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
+
+
+@cuda.jit(device=True)
+def block_partials(s1, s2, sa, sb, partials, col):
+    """Sum a 1-D block's (s1, s2) and let thread 0 write partials[blockIdx.y, col] and
+    partials[gridDim.y + blockIdx.y, col]."""
+    s1, s2 = block_sum2(s1, s2, sa, sb)
+    if cuda.threadIdx.x == 0:
+        partials[cuda.blockIdx.y, col] = s1
+        partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2

@@ -12,7 +12,7 @@ the partials (a few KB). Elementwise passes use grid-stride loops.
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, block_sum2, column_partials
+from ._reduce import BLOCK, block_partials, column_partials
 
 WIDE_X, WIDE_Y = 32, 8  # largest block shape of the wide kernels (blockDim.y may be smaller)
 
@@ -78,10 +78,7 @@ def runs_shifted_sums_kernel(x, partials):
         s2 += d * d
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
-    s1, s2 = block_sum2(s1, s2, sa, sb)
-    if cuda.threadIdx.x == 0:
-        partials[cuda.blockIdx.y, c] = s1
-        partials[cuda.gridDim.y + cuda.blockIdx.y, c] = s2
+    block_partials(s1, s2, sa, sb, partials, c)
 
 
 @cuda.jit
@@ -103,10 +100,7 @@ def runs_grad_sums_kernel(dy, x, mean, partials):
         s2 += g * (float64(x[o, c, i]) - m)
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
-    s1, s2 = block_sum2(s1, s2, sa, sb)
-    if cuda.threadIdx.x == 0:
-        partials[cuda.blockIdx.y, c] = s1
-        partials[cuda.gridDim.y + cuda.blockIdx.y, c] = s2
+    block_partials(s1, s2, sa, sb, partials, c)
 
 
 @cuda.jit
