@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 from . import config, functional, nn, reference  # noqa: E402
 from . import functional as F  # noqa: E402
 from ._info import format_info, info  # noqa: E402
+from ._memory import empty_cache  # noqa: E402
 from ._running import NonFiniteBatchWarning  # noqa: E402
 from .functional import batch_norm, batch_norm_backward, layer_norm, layer_norm_backward  # noqa: E402
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss  # noqa: E402
@@ -19,7 +20,7 @@ from .training import History, evaluate, fit, predict  # noqa: E402
 from .distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm  # noqa: E402
 
 __all__ = [
-    "F", "functional", "reference", "nn", "config", "info", "format_info", "NonFiniteBatchWarning",
+    "F", "functional", "reference", "nn", "config", "info", "format_info", "empty_cache", "NonFiniteBatchWarning",
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
     "Module", "Parameter", "BatchNorm", "LayerNorm", "Linear", "ReLU", "Sigmoid", "Tanh",
     "Dropout", "Sequential", "SGD", "Adam", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",

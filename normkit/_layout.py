@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import _memory
 from .kernels.cpu.batchnorm import RUN_MIN
 
 
@@ -42,7 +43,7 @@ class BatchNormLayout:
 
     def empty(self, dtype):
         """A new output: (kernel array to write, the same memory in the input's shape)."""
-        buf = np.empty(self.permuted_shape, dtype=dtype)
+        buf = _memory.empty(self.permuted_shape, dtype)
         return buf.reshape(self.kernel_shape), buf.transpose(self.inverse)
 
 

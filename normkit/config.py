@@ -4,8 +4,16 @@
     Inputs with fewer elements than this run the serial twin of a CPU kernel: a parallel launch
     costs tens of microseconds, more than the whole work for a small batch. Set it to 0 to force
     the parallel kernels (the tests do, to cover both). Environment: ``NORMKIT_PARALLEL_MIN_ELEMENTS``.
+
+``OUTPUT_CACHE_BYTES``, ``OUTPUT_CACHE_MIN_BYTES``
+    Freed normkit outputs of at least ``OUTPUT_CACHE_MIN_BYTES`` (32 MiB: glibc returns blocks
+    that large to the OS, and a fresh one costs ~80 us per MiB in page faults) are kept for reuse,
+    up to ``OUTPUT_CACHE_BYTES`` in all (512 MiB; 0 turns the cache off).
+    :func:`normkit.empty_cache` releases them. Environment: ``NORMKIT_OUTPUT_CACHE_BYTES``.
 """
 
 import os
 
 PARALLEL_MIN_ELEMENTS = int(os.environ.get("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 15))
+OUTPUT_CACHE_BYTES = int(os.environ.get("NORMKIT_OUTPUT_CACHE_BYTES", 512 << 20))
+OUTPUT_CACHE_MIN_BYTES = 32 << 20

@@ -6,7 +6,7 @@ Argument order follows ``torch.nn.functional``. Every forward returns ``(y, save
 
 import numpy as np
 
-from . import _backend, _checks, reference
+from . import _backend, _checks, _memory, reference
 from ._layout import BatchNormLayout, layer_norm_rows
 from ._running import update_running_stats
 from ._saved import BatchNormSaved, LayerNormSaved, param_dtype
@@ -184,7 +184,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend
         return reference.layer_norm(x, shape, weight, bias, eps)
 
     xk = layer_norm_rows(x, n_cols)
-    y = np.empty(x.shape, dtype=x.dtype)
+    y = _memory.empty(x.shape, x.dtype)
     mean, rstd = _ln_cpu.forward(xk, np.ones(n_cols) if w is None else w,
                                  np.zeros(n_cols) if b is None else b, eps, y.reshape(xk.shape))
     saved = LayerNormSaved(
@@ -209,7 +209,7 @@ def layer_norm_backward(dy, saved):
 
     xk = saved.x
     dyk = layer_norm_rows(dy, xk.shape[1])
-    dx = np.empty(saved.x_shape, dtype=xk.dtype)
+    dx = _memory.empty(saved.x_shape, xk.dtype)
     weight = np.ones(xk.shape[1]) if saved.weight is None else saved.weight
     dweight, dbias = _ln_cpu.backward(dyk, xk, saved.mean, saved.rstd, weight, dx.reshape(xk.shape))
     dweight = None if saved.weight is None else dweight.reshape(saved.normalized_shape).astype(saved.param_dtype)

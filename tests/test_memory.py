@@ -1,0 +1,111 @@
+"""The output-buffer cache (normkit._memory): reuse, and never two live arrays on one buffer."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import normkit
+from normkit import _memory, config
+from normkit import functional as F
+from normkit import reference as R
+
+from .conftest import assert_close
+
+SMALL = 4096  # bytes: the tests lower the cache's threshold so that small arrays go through it
+
+
+@pytest.fixture
+def cache(monkeypatch):
+    monkeypatch.setattr(config, "OUTPUT_CACHE_MIN_BYTES", SMALL)
+    monkeypatch.setattr(config, "OUTPUT_CACHE_BYTES", 64 * SMALL)
+    normkit.empty_cache()
+    yield
+    normkit.empty_cache()
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_empty_is_a_writable_c_contiguous_array(cache):
+    a = _memory.empty((8, 3, 50), np.float32)
+    assert a.shape == (8, 3, 50) and a.dtype == np.float32
+    assert a.flags.c_contiguous and a.flags.writeable
+    a[...] = 1.5
+    assert a.sum() == 1.5 * a.size
+
+
+def test_a_freed_buffer_is_reused_for_the_same_size(cache):
+    a = _memory.empty((64, 64), np.float64)
+    address = _address(a)
+    del a
+    gc.collect()
+    assert _memory.cached_bytes() == 64 * 64 * 8
+    b = _memory.empty((128, 32), np.float64)  # same bytes, another shape
+    assert _address(b) == address
+    assert _memory.cached_bytes() == 0
+    c = _memory.empty((64, 64), np.float32)  # other size: a new buffer
+    assert _address(c) != address
+
+
+def test_a_buffer_with_a_live_view_is_not_reused(cache):
+    a = _memory.empty((64, 64), np.float64)
+    a[...] = 7.0
+    view = a[1:, ::2]
+    address = _address(a)
+    del a
+    gc.collect()
+    assert _memory.cached_bytes() == 0
+    b = _memory.empty((64, 64), np.float64)
+    b[...] = -1.0
+    assert _address(b) != address
+    assert np.all(view == 7.0)
+    del view
+    gc.collect()
+    assert _memory.cached_bytes() == 64 * 64 * 8
+
+
+def test_the_cache_is_bounded_and_can_be_emptied(cache, monkeypatch):
+    monkeypatch.setattr(config, "OUTPUT_CACHE_BYTES", 3 * SMALL)
+    arrays = [_memory.empty((SMALL // 8,), np.float64) for _ in range(5)]
+    addresses = [_address(a) for a in arrays]
+    while arrays:  # free them oldest first
+        del arrays[0]
+    gc.collect()
+    assert _memory.cached_bytes() == 3 * SMALL  # the first two freed were dropped
+    assert _address(_memory.empty((SMALL // 8,), np.float64)) == addresses[4]  # newest first
+    normkit.empty_cache()
+    assert _memory.cached_bytes() == 0
+    too_big = _memory.empty((4 * SMALL // 8,), np.float64)  # over the whole cache: plain np.empty
+    assert isinstance(too_big.base, np.ndarray) or too_big.base is None
+
+
+def test_cache_off_gives_plain_arrays(monkeypatch):
+    monkeypatch.setattr(config, "OUTPUT_CACHE_BYTES", 0)
+    a = _memory.empty((1 << 20,), np.float32)
+    assert a.base is None
+
+
+def test_layers_outputs_stay_independent_when_buffers_are_reused(cache, rng, kernel_build):
+    # Forward and backward outputs go through the cache; results kept by the caller must not be
+    # overwritten by later calls, and each call must match the reference.
+    layer = normkit.BatchNorm(16)
+    kept = []
+    for _ in range(4):
+        x = rng.standard_normal((64, 16, 5))
+        y = layer(x)
+        dx = layer.backward(rng.standard_normal(y.shape))
+        kept.append((x, y.copy(), y, dx.copy(), dx))
+        del y, dx
+    for x, y_copy, y, dx_copy, dx in kept:
+        np.testing.assert_array_equal(y, y_copy)
+        np.testing.assert_array_equal(dx, dx_copy)
+    x = rng.standard_normal((32, 40))
+    for _ in range(3):  # LayerNorm through freed, reused buffers
+        y, saved = F.layer_norm(x, 40)
+        y_ref, _ = R.layer_norm(x, (40,))
+        assert_close(y, y_ref, np.float64)
+        del y, saved
+        gc.collect()
+    assert _memory.cached_bytes() > 0
