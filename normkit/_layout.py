@@ -26,7 +26,7 @@ class BatchNormLayout:
         order = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))
         pos = order.index(axis)
         self.order = tuple(order)
-        self.inverse = tuple(np.argsort(order))
+        self.inverse = tuple(order.index(a) for a in range(x.ndim))
         self.permuted_shape = tuple(x.shape[a] for a in order)
         self.channels = x.shape[axis]
         self.outer = math.prod(self.permuted_shape[:pos])

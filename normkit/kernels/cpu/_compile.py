@@ -66,3 +66,20 @@ def _cast_like_impl(value, array):
     if array.dtype == nb_types.float32:
         return lambda value, array: np.float32(value)
     return lambda value, array: np.float64(value)
+
+
+def split_like(value, array):
+    """``(hi, lo)`` in ``array``'s dtype with hi + lo = ``value`` to about twice its precision
+    (float64: ``(value, 0.0)``)."""
+    hi = array.dtype.type(value)
+    return hi, array.dtype.type(value - float(hi))
+
+
+@overload(split_like, jit_options=dict(cache=True))
+def _split_like_impl(value, array):
+    if array.dtype == nb_types.float32:
+        def split32(value, array):
+            hi = np.float32(value)
+            return hi, np.float32(value - np.float64(hi))
+        return split32
+    return lambda value, array: (np.float64(value), np.float64(0.0))
