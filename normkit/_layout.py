@@ -11,6 +11,7 @@ LayerNorm: the normalised axes must be the last ones in memory, so the input is 
 (rows, cols); it is copied only when a row is not contiguous.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -19,16 +20,27 @@ from . import _memory
 from .kernels.cpu.batchnorm import RUN_MIN
 
 
+def batch_norm_layout(x, axis):
+    """The :class:`BatchNormLayout` of ``x`` (cached: a training loop sees the same few shapes)."""
+    return _cached_layout(x.shape, x.strides, axis)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_layout(shape, strides, axis):
+    return BatchNormLayout(shape, strides, axis)
+
+
 class BatchNormLayout:
     """How an input of one shape and memory order maps onto the BatchNorm kernels."""
 
-    def __init__(self, x, axis):
-        order = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))
+    def __init__(self, shape, strides, axis):
+        ndim = len(shape)
+        order = sorted(range(ndim), key=lambda a: -abs(strides[a]))
         pos = order.index(axis)
         self.order = tuple(order)
-        self.inverse = tuple(order.index(a) for a in range(x.ndim))
-        self.permuted_shape = tuple(x.shape[a] for a in order)
-        self.channels = x.shape[axis]
+        self.inverse = tuple(order.index(a) for a in range(ndim))
+        self.permuted_shape = tuple(shape[a] for a in order)
+        self.channels = shape[axis]
         self.outer = math.prod(self.permuted_shape[:pos])
         self.inner = math.prod(self.permuted_shape[pos + 1:])
         self.group = 1 if self.inner >= RUN_MIN else self.inner  # columns per channel (wide)

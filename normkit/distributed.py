@@ -14,7 +14,7 @@ waiting in a collective. If a process dies (killed, segfault), MPI's default err
 import numpy as np
 
 from . import _checks
-from ._layout import BatchNormLayout
+from ._layout import batch_norm_layout
 from ._running import update_running_stats
 from .kernels.cpu import batchnorm as _bn_cpu
 from .kernels.cpu.batchnorm import combine_moments
@@ -93,7 +93,7 @@ class SyncBatchNorm(BatchNorm):
             error = exc
         agree(self.comm, error, op)
 
-        layout = BatchNormLayout(x, args.axis)
+        layout = batch_norm_layout(x, args.axis)
         xk = layout.view(x)
         mean, var = _bn_cpu.batch_stats(xk, layout.group)
         local = np.stack([np.full(args.channels, float(args.count)), mean, var])   # (3, C)

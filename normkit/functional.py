@@ -7,7 +7,7 @@ Argument order follows ``torch.nn.functional``. Every forward returns ``(y, save
 import numpy as np
 
 from . import _backend, _checks, _memory, reference
-from ._layout import BatchNormLayout, layer_norm_rows
+from ._layout import batch_norm_layout, layer_norm_rows
 from ._running import update_running_stats
 from ._saved import BatchNormSaved, LayerNormSaved, param_dtype
 from .kernels.cpu import batchnorm as _bn_cpu
@@ -81,7 +81,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         return reference.batch_norm(x, running_mean, running_var, weight, bias, training,
                                     momentum, eps, axis=axis, num_batches_tracked=num_batches_tracked)
 
-    layout = BatchNormLayout(x, axis)
+    layout = batch_norm_layout(x, axis)
     xk = layout.view(x)
     updated = False
     if training:

@@ -32,7 +32,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             var = xd.var(axis=reduce_axes)                        # (C,) biased, two-pass
         if running_mean is not None:
             updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
-                                           num_batches_tracked, "batch_norm")
+                                           num_batches_tracked, "batch_norm", compiled=False)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
