@@ -166,11 +166,19 @@ def best_time(fn, repeats=10):
     return _interleaved_best({"fn": fn}, {}, repeats)["fn"]
 
 
-def _interleaved_best(fns, repeats_for, repeats):
+def _interleaved_best(fns, repeats_for, repeats, budget_s=0.0):
     """Fastest call of each function, their calls taken in turn (round-robin) so that a noisy
-    moment on this shared machine hits every implementation alike."""
-    for fn in fns.values():
-        fn()  # warm-up: compilation and caches
+    moment on this shared machine hits every implementation alike. ``repeats`` rounds, or more
+    (up to 10x) where ``budget_s`` seconds per function allow: a short call's minimum needs more
+    samples to settle on a shared machine. Functions in ``repeats_for`` get at most that many."""
+    warm = {}
+    for name, fn in fns.items():  # warm-up: compilation and caches
+        t0 = time.perf_counter()
+        fn()
+        warm[name] = time.perf_counter() - t0
+    uncapped = [warm[name] for name in fns if name not in repeats_for]
+    if budget_s and uncapped:
+        repeats = max(repeats, min(10 * repeats, int(budget_s / max(max(uncapped), 1e-9))))
     best = {name: float("inf") for name in fns}
     for round_ in range(repeats):
         for name, fn in fns.items():
@@ -201,7 +209,7 @@ def run(cases=CASES, threads=2, repeats=10, numpy_repeats=3, with_torch=True, st
             impls["torch"] = torch_calls(case, x, dy, w, b)
         for pass_ in case.passes:
             t = _interleaved_best({name: calls[pass_] for name, calls in impls.items()},
-                                  {"numpy": numpy_repeats}, repeats)
+                                  {"numpy": numpy_repeats}, repeats, budget_s=0.1)
             gbs = BYTES_MOVED[pass_] * case.nbytes / t["normkit"] / 1e9
             rows.append({
                 "case": case.name, "pass": pass_, "mbytes": case.nbytes / 2**20,

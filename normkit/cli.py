@@ -71,7 +71,8 @@ def build_parser():
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="time normkit vs NumPy vs PyTorch; GB/s vs a parallel copy")
     p.add_argument("--threads", type=int, default=2, help="threads for every implementation")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed rounds per case and pass (calls under ~10 ms get more, up to 10x)")
     p.add_argument("--quick", action="store_true", help="small cases, no start-up measurement")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json", help="also write the results as JSON here")
