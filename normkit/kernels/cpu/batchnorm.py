@@ -273,7 +273,7 @@ def _runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, segment):
 @helper
 def _moments_from_partials(shift, sums, squares, count):
     """:func:`moments_from_shifted_sums` of the column sums of ``sums``/``squares`` (partials per
-    tile), compiled: a dozen NumPy calls on C-vectors cost ~60 us, this ~5 us."""
+    tile), compiled: the NumPy calls it replaces took 3-4x as long (C = 8192: ~70 us vs ~20 us)."""
     sum_d = sums[0].copy()
     sum_d2 = squares[0].copy()
     for t in range(1, sums.shape[0]):
@@ -281,9 +281,10 @@ def _moments_from_partials(shift, sums, squares, count):
         sum_d2 += squares[t]
     mean = np.empty_like(sum_d)
     var = np.empty_like(sum_d)
+    inv_count = 1.0 / count  # a multiply per column vectorises better than a divide
     for j in range(sum_d.shape[0]):
-        mean_d = sum_d[j] / count
-        v = sum_d2[j] / count - mean_d * mean_d
+        mean_d = sum_d[j] * inv_count
+        v = sum_d2[j] * inv_count - mean_d * mean_d
         mean[j] = shift[j] + mean_d
         var[j] = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
     return mean, var
