@@ -2,8 +2,9 @@
 ``dpred = loss.backward()``."""
 
 import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
 
-from . import _checks, _scipy
+from . import _checks
 
 
 class _Loss:
@@ -51,13 +52,13 @@ class BCEWithLogitsLoss(_Loss):
     def __call__(self, pred, target):
         z, t = self._pair(pred, target)
         zd = z.astype(np.float64)
-        loss = -(t * _scipy.special().log_expit(zd) + (1 - t) * _scipy.special().log_expit(-zd))
+        loss = -(t * log_expit(zd) + (1 - t) * log_expit(-zd))
         self._cache = (z, zd, t)
         return float(loss.mean())
 
     def _grad(self):
         z, zd, t = self._cache
-        return ((_scipy.special().expit(zd) - t) / zd.size).astype(z.dtype)
+        return ((expit(zd) - t) / zd.size).astype(z.dtype)
 
 
 class CrossEntropyLoss(_Loss):
@@ -74,14 +75,14 @@ class CrossEntropyLoss(_Loss):
         if labels.min() < 0 or labels.max() >= z.shape[1]:
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {z.shape[1]}), got "
                              f"[{labels.min()}, {labels.max()}]")
-        logp = _scipy.special().log_softmax(z.astype(np.float64), axis=1)
+        logp = log_softmax(z.astype(np.float64), axis=1)
         rows = np.arange(z.shape[0])
         self._cache = (z, labels, rows)
         return float(-logp[rows, labels].mean())
 
     def _grad(self):
         z, labels, rows = self._cache
-        g = _scipy.special().softmax(z.astype(np.float64), axis=1)
+        g = softmax(z.astype(np.float64), axis=1)
         g[rows, labels] -= 1
         return (g / z.shape[0]).astype(z.dtype)
 

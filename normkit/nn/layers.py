@@ -1,10 +1,10 @@
 """Linear, activations, Dropout and Sequential: what normalisation layers are used between."""
 
 import numpy as np
+from scipy.special import expit
 
-from .. import _checks, _scipy, random
+from .. import _checks, random
 from .module import Module, Parameter
-
 
 
 class Linear(Module):
@@ -59,7 +59,7 @@ class ReLU(Module):
 
 class Sigmoid(Module):
     def forward(self, x):
-        self._y = _scipy.special().expit(_checks.float_array(x, "Sigmoid"))  # overflow-free logistic
+        self._y = expit(_checks.float_array(x, "Sigmoid"))  # overflow-free logistic
         return self._y
 
     def backward(self, dy):
