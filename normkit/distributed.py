@@ -109,11 +109,12 @@ class SyncBatchNorm(BatchNorm):
             if update_running_stats(self.running_mean, self.running_var, mean, var, total,
                                     self.momentum, self.num_batches_tracked, op):
                 self.num_batches_tracked += 1
-        rstd, scale, shift = args.coefficients(var)
+        rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, args.weight, args.bias,
+                                                          args.eps, x.dtype)
         yk, y = layout.empty(x.dtype)
-        _bn_cpu.affine(xk, mean, scale, shift, yk, layout.group)
-        self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, scale=scale, total=total,
-                          shape=x.shape)
+        _bn_cpu.affine(xk, coefficients, yk, layout.group)
+        self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, weight=args.weight,
+                          total=total, shape=x.shape)
         self._saved = None
         return y
 
@@ -134,13 +135,12 @@ class SyncBatchNorm(BatchNorm):
         local = np.stack(_bn_cpu.grad_sums(dyk, s["xk"], s["mean"], layout.group))   # (2, C)
         total = np.empty_like(local)
         self.comm.Allreduce(local, total)
-        rstd, n = s["rstd"], s["total"]
-        a = total[0] / n
-        b = total[1] * (rstd * rstd / n)
+        coefficients, dweight = _bn_cpu.backward_coefficients(
+            total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype)
         dxk, dx = layout.empty(s["xk"].dtype)
-        _bn_cpu.grad_input(dyk, s["xk"], s["mean"], s["scale"], a, b, dxk, layout.group)
-        if self.weight is not None:
-            self.weight.grad += (local[1] * rstd).astype(self.weight.grad.dtype)
+        _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk, layout.group)
+        if self.weight is not None:  # the local share: the gradient sync adds the others'
+            self.weight.grad += (local[1] * s["rstd"]).astype(self.weight.grad.dtype)
         if self.bias is not None:
             self.bias.grad += local[0].astype(self.bias.grad.dtype)
         return dx

@@ -92,9 +92,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd, scale, shift = args.coefficients(var)
+    rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, w, b, eps, x.dtype)
     yk, y = layout.empty(x.dtype)
-    _bn_cpu.affine(xk, mean, scale, shift, yk, layout.group)
+    _bn_cpu.affine(xk, coefficients, yk, layout.group)
     saved = BatchNormSaved(
         backend="numba", x=xk, x_shape=x.shape, axis=axis, mean=mean, rstd=rstd, weight=w,
         has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
@@ -132,19 +132,15 @@ def batch_norm_backward(dy, saved):
 
     layout, xk, mean, rstd = saved.layout, saved.x, saved.mean, saved.rstd
     dyk = layout.view(dy)
-    n_channels = mean.shape[0]
-    need_sums = saved.batch_stats or saved.weight is not None or saved.has_bias
-    if need_sums:
+    if saved.batch_stats or saved.weight is not None or saved.has_bias:
         sum_dy, sum_dy_xc = _bn_cpu.grad_sums(dyk, xk, mean, layout.group)
-    scale = rstd if saved.weight is None else rstd * saved.weight
-    if saved.batch_stats:
-        a = sum_dy / saved.count
-        b = sum_dy_xc * (rstd * rstd / saved.count)
-    else:  # running statistics are constants: dx = dy * gamma * rstd
-        a = b = np.zeros(n_channels)
+    else:  # eval mode without affine parameters: dx = dy * rstd needs no sums
+        sum_dy = sum_dy_xc = np.zeros(mean.shape[0])
+    coefficients, dweight = _bn_cpu.backward_coefficients(
+        sum_dy, sum_dy_xc, mean, rstd, saved.weight, saved.count, saved.batch_stats, xk.dtype)
     dxk, dx = layout.empty(xk.dtype)
-    _bn_cpu.grad_input(dyk, xk, mean, scale, a, b, dxk, layout.group)
-    dweight = None if saved.weight is None else (sum_dy_xc * rstd).astype(saved.param_dtype)
+    _bn_cpu.grad_input(dyk, xk, coefficients, dxk, layout.group)
+    dweight = None if saved.weight is None else dweight.astype(saved.param_dtype)
     dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
     return dx, dweight, dbias
 
