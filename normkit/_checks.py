@@ -31,6 +31,8 @@ def same_shape(a, b, op, name_a, name_b):
 
 
 def channel_axis(axis, ndim, op):
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, without ABC checks (~us)
+        return axis % ndim
     if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
         raise TypeError(f"{op}: axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
@@ -39,14 +41,16 @@ def channel_axis(axis, ndim, op):
 
 
 def positive_eps(eps, op):
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     if not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps <= 0:
         raise ValueError(f"{op}: eps must be a finite number > 0, got {eps!r}")
     return float(eps)
 
 
 def momentum_value(momentum, op):
-    if momentum is None:
-        return None
+    if momentum is None or (type(momentum) is float and 0.0 <= momentum <= 1.0):
+        return momentum
     if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{op}: momentum must be in [0, 1] or None, got {momentum!r}")
     return float(momentum)
