@@ -14,7 +14,7 @@ n * 1.1e-16 relative even for adversarial data (1e-11 for a million values), and
 ordinary data. Unlike E[x^2] - E[x]^2 it cannot lose the signal to a large mean (randn + 1e6),
 and unlike a two-pass variance it reads the data once. Tiles have a fixed size, so results do not
 depend on the thread count. The elementwise passes (output, input gradient) compute in the
-output's dtype with the mean split in two; see :func:`forward_coefficients`.
+output's dtype with the mean split in two (see the comment before :func:`forward_coefficients`).
 """
 
 import numpy as np
