@@ -2,13 +2,13 @@
 
 Why: glibc hands every block above 32 MiB (its largest mmap threshold) back to the operating
 system when it is freed, so each new output of that size is page-faulted and zeroed by the
-kernel. Measured on the 2-core development machine: a fresh 64 MiB output costs ~5 ms, a third of
-a BatchNorm forward on (65536, 256) float32. In a training loop the same sizes come back every
+kernel. Measured on the 2-core development machine: a fresh 64 MiB output costs ~5 ms, a quarter
+of a BatchNorm forward on (65536, 256) float32. In a training loop the same sizes come back every
 step, so normkit keeps the buffers of its own freed outputs (up to ``config.OUTPUT_CACHE_BYTES``)
 and hands them out again, as PyTorch's CUDA caching allocator does on the GPU.
 
-Safety: an output is an ordinary ndarray whose ``base`` is a :class:`_Owner`; every view of it
-keeps that owner alive (NumPy stops collapsing a view's base at non-ndarray objects), and only
+Safety: an output is an ordinary ndarray whose chain of ``base`` objects ends in an
+:class:`_Owner`; every view of it keeps that owner alive (NumPy stops collapsing a view's base at non-ndarray objects), and only
 when the last one is gone does a ``weakref.finalize`` return the buffer to the cache. Smaller
 outputs are plain ``np.empty``: glibc already reuses freed blocks of those sizes.
 """

@@ -135,7 +135,7 @@ class SyncBatchNorm(BatchNorm):
         local = np.stack(_bn_cpu.grad_sums(dyk, s["xk"], s["mean"], layout.group))   # (2, C)
         total = np.empty_like(local)
         self.comm.Allreduce(local, total)
-        coefficients, dweight = _bn_cpu.backward_coefficients(
+        coefficients, _ = _bn_cpu.backward_coefficients(  # its dweight is the global one
             total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype)
         dxk, dx = layout.empty(s["xk"].dtype)
         _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk, layout.group)
