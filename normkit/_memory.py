@@ -8,9 +8,10 @@ step, so normkit keeps the buffers of its own freed outputs (up to ``config.OUTP
 and hands them out again, as PyTorch's CUDA caching allocator does on the GPU.
 
 Safety: an output is an ordinary ndarray whose chain of ``base`` objects ends in an
-:class:`_Owner`; every view of it keeps that owner alive (NumPy stops collapsing a view's base at non-ndarray objects), and only
-when the last one is gone does a ``weakref.finalize`` return the buffer to the cache. Smaller
-outputs are plain ``np.empty``: glibc already reuses freed blocks of those sizes.
+:class:`_Owner`; every view of it keeps that owner alive (NumPy stops collapsing a view's base
+at non-ndarray objects), and only when the last one is gone does a ``weakref.finalize`` return
+the buffer to the cache. Smaller outputs are plain ``np.empty``: glibc already reuses freed
+blocks of those sizes.
 """
 
 import math
