@@ -17,7 +17,7 @@ from ... import _checks
 from ..._backend import is_device_array, is_numba_device_array
 from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved, param_dtype
-from ..cpu.batchnorm import RUN_MIN, combine_moments, moments_from_shifted_sums
+from ..cpu.batchnorm import RUN_MIN, combine_moments, moments_from_partials
 from . import batchnorm as bn
 from . import layernorm as ln
 from ._reduce import BLOCK
@@ -106,7 +106,7 @@ def _bn_stats(x3, threads, block2d, target):
         bn.wide_shifted_sums_kernel[(math.ceil(x2.shape[1] / block2d[0]), parts), block2d](x2, partials)
         count = n_outer
     p = partials.copy_to_host()
-    mean, var = moments_from_shifted_sums(p[2 * parts], p[:parts].sum(axis=0), p[parts:2 * parts].sum(axis=0), count)
+    mean, var = moments_from_partials(p[2 * parts], p[:parts], p[parts:2 * parts], float(count))
     if layout == "wide" and n_inner > 1:  # the columns of one channel are equal-sized parts of it
         mean, var = combine_moments(np.full(n_inner, float(n_outer)), mean.reshape(-1, n_inner).T,
                                     var.reshape(-1, n_inner).T)
