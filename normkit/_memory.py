@@ -15,6 +15,7 @@ blocks of those sizes.
 """
 
 import math
+import sys
 import threading
 import weakref
 
@@ -82,8 +83,12 @@ def cached_bytes():
 
 
 def empty_cache():
-    """Release every cached output buffer to the operating system."""
+    """Release every cached output buffer: host buffers to the operating system and, when the
+    CUDA backend has been used, device buffers to the driver."""
     global _free_bytes
     with _lock:
         _free.clear()
         _free_bytes = 0
+    device_pool = sys.modules.get("normkit.kernels.cuda._pool")  # never import numba.cuda here
+    if device_pool is not None:
+        device_pool.empty_cache()

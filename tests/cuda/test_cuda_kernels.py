@@ -25,7 +25,9 @@ def _close(a, b, dtype, scale=1.0):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((3, 4, 37), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
-                                        ((4, 3, 5), 1), ((2, 33), 1)])
+                                        ((4, 3, 5), 1), ((2, 33), 1),
+                                        # inner runs of several segments; rows beyond the grid
+                                        ((2, 3, 300), 1), ((40, 6), 1)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_reference(shape, axis, dtype, training):
     rng = np.random.default_rng(abs(hash((shape, axis, training))) % 2**32)
@@ -48,7 +50,9 @@ def test_batch_norm_matches_reference(shape, axis, dtype, training):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape,ns", [((6, 5), 5), ((3, 4, 37), (4, 37)), ((2, 70), 70), ((3, 1), 1)])
+@pytest.mark.parametrize("shape,ns", [((6, 5), 5), ((3, 4, 37), (4, 37)), ((2, 70), 70), ((3, 1), 1),
+                                      ((7, 3), 3), ((40, 5), 5),  # a half-filled last block; rows beyond the grid
+                                      ((2, 600), 600)])  # rows too long for the register-cached kernels
 def test_layer_norm_matches_reference(shape, ns, dtype):
     rng = np.random.default_rng(abs(hash((shape, ns))) % 2**32)
     nsh = (ns,) if isinstance(ns, int) else ns
@@ -118,3 +122,101 @@ def test_errors_are_the_cpu_ones():
         F.batch_norm(cuda.to_device(np.ones((4, 3), np.int64)), None, None, training=True)
     with pytest.raises(ValueError, match="trailing dimensions"):
         F.layer_norm(np.ones((4, 3), np.float32), 4, backend="cuda")
+
+
+# ------------------------------------------------------------------------------------------------
+# Real GPU only: the simulator has no device memory to pool and no cuda.core launch path, and
+# realistic sizes (full 256-thread blocks, many grid-stride iterations) are too slow for it.
+# ------------------------------------------------------------------------------------------------
+
+def _simulator():
+    from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+gpu_only = pytest.mark.skipif(_simulator(), reason="needs a real GPU (CI runs the simulator)")
+
+
+@gpu_only
+@pytest.mark.parametrize("shape,axis", [((4096, 96), 1), ((8, 64, 56, 56), 1), ((8, 28, 28, 64), -1),
+                                        ((3, 5, 4, 8), 1)])
+def test_realistic_batch_norm_shapes_on_a_gpu(shape, axis):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
+    c = shape[axis]
+    w, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    rm, rv = np.zeros(c), np.ones(c)
+    rm_r, rv_r = rm.copy(), rv.copy()
+    y, saved = F.batch_norm(cuda.to_device(x), rm, rv, w, b, training=True, axis=axis)
+    yr, sr = R.batch_norm(x, rm_r, rv_r, w, b, training=True, axis=axis)
+    _close(y.copy_to_host(), yr, np.float32)
+    np.testing.assert_allclose(rm, rm_r, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rv, rv_r, rtol=1e-10)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    n = x.size // c
+    got = F.batch_norm_backward(cuda.to_device(dy), saved)
+    for g, want, scale in zip(got, R.batch_norm_backward(dy, sr), (1, np.sqrt(n), np.sqrt(n))):
+        _close(g.copy_to_host() if hasattr(g, "copy_to_host") else g, want, np.float32, scale)
+    y_eval, _ = F.batch_norm(cuda.to_device(x), rm, rv, w, b, training=False, axis=axis)
+    _close(y_eval.copy_to_host(), R.batch_norm(x, rm, rv, w, b, training=False, axis=axis)[0], np.float32)
+
+
+@gpu_only
+@pytest.mark.parametrize("shape", [(4099, 1024), (33, 8192), (20000, 64), (5, 3)])
+def test_realistic_layer_norm_shapes_on_a_gpu(shape):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
+    c = shape[-1]
+    w, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    y, saved = F.layer_norm(cuda.to_device(x), c, w, b)
+    yr, sr = R.layer_norm(x, c, w, b)
+    _close(y.copy_to_host(), yr, np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    got = F.layer_norm_backward(cuda.to_device(dy), saved)
+    for g, want, scale in zip(got, R.layer_norm_backward(dy, sr), (1, np.sqrt(shape[0]), np.sqrt(shape[0]))):
+        _close(g.copy_to_host() if hasattr(g, "copy_to_host") else g, want, np.float32, scale)
+
+
+@gpu_only
+def test_pooled_outputs_are_never_handed_out_twice():
+    from normkit.kernels.cuda import _pool
+    rng = np.random.default_rng(8)
+    a, b = (rng.standard_normal((64, 32)).astype(np.float32) for _ in range(2))
+    ya, _ = F.layer_norm(cuda.to_device(a), 32)
+    view = ya[3:10]                      # only a view of the first output stays alive
+    del ya
+    yb, _ = F.layer_norm(cuda.to_device(b), 32)  # must not reuse the buffer the view is in
+    _close(view.copy_to_host(), R.layer_norm(a, 32)[0][3:10], np.float32)
+    _close(yb.copy_to_host(), R.layer_norm(b, 32)[0], np.float32)
+    pointer = int(yb.device_ctypes_pointer.value)
+    del yb
+    yc, _ = F.layer_norm(cuda.to_device(a), 32)  # now the buffer is free: reused
+    assert int(yc.device_ctypes_pointer.value) == pointer
+    assert _pool.cached_bytes() >= 0
+    nk.empty_cache()
+    assert _pool.cached_bytes() == 0
+
+
+@gpu_only
+def test_launches_bypass_the_dispatcher_after_the_first():
+    from normkit.kernels.cuda import _launcher
+    from normkit.kernels.cuda import layernorm as ln
+    x = cuda.to_device(np.ones((4, 8), np.float32))
+    F.layer_norm(x, 8)
+    assert any(k[0] is ln.forward_kernel and v is not None for k, v in _launcher._fast.items())
+
+
+@gpu_only
+def test_torch_cuda_tensors_are_used_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    xt = torch.as_tensor(x, device="cuda")
+    y, saved = F.batch_norm(xt, None, None, training=True)
+    _close(cuda.as_cuda_array(y).copy_to_host() if not hasattr(y, "copy_to_host") else y.copy_to_host(),
+           R.batch_norm(x, None, None, training=True)[0], np.float32)
+    yt = torch.as_tensor(y, device="cuda")  # numba device arrays expose __cuda_array_interface__
+    torch.testing.assert_close(yt, torch.nn.functional.batch_norm(xt, None, None, training=True),
+                               rtol=1e-5, atol=1e-5)

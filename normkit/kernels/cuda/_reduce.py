@@ -1,36 +1,74 @@
-"""Block-wide reductions in shared memory.
+"""Block-wide reductions.
 
-Warp shuffles would be faster, but Numba's CUDA simulator does not model them, and the kernels
-must run unchanged under the simulator (CI) and on a GPU. Shared memory tree reductions cost a few
-microseconds per block at most, small next to the memory traffic of a normalisation.
+On a GPU, ``row_sum2`` adds within each warp by shuffles and across the warps of a row through
+shared memory (one barrier); Numba's CUDA simulator does not model shuffles, so under it the
+same name is a shared-memory tree (a barrier per halving). Both give every thread its row's
+sums; the kernels run unchanged on either, and tests/cuda runs on both.
 """
 
 from numba import cuda
+from numba.core import config as _numba_config
 
-BLOCK = 256  # threads per block for the 1-D kernels: a power of two (the tree reduction needs it)
+BLOCK = 256  # threads per block (the shared arrays of row_sum2 hold one value per thread)
 
 
 @cuda.jit(device=True)
-def block_sum2(a, b, sa, sb):
-    """Sum ``a`` and ``b`` over the threads of a 1-D block; every thread gets both sums.
+def _row_sum2_tree(a, b, sa, sb):
+    """Sum ``a`` and ``b`` over the threads of each row (threadIdx.y) of a block; every thread
+    gets its row's sums. 1-D blocks are one row.
 
-    ``sa``/``sb`` are float64 shared arrays of blockDim.x elements (a power of two).
+    ``sa``/``sb`` are float64 shared arrays of at least blockDim.x * blockDim.y elements;
+    blockDim.x is a power of two (the tree needs it). Every thread of the block must call this.
     """
     tid = cuda.threadIdx.x
-    sa[tid] = a
-    sb[tid] = b
+    base = cuda.threadIdx.y * cuda.blockDim.x
+    sa[base + tid] = a
+    sb[base + tid] = b
     cuda.syncthreads()
     step = cuda.blockDim.x // 2
     while step > 0:
         if tid < step:
-            sa[tid] += sa[tid + step]
-            sb[tid] += sb[tid + step]
+            sa[base + tid] += sa[base + tid + step]
+            sb[base + tid] += sb[base + tid + step]
         cuda.syncthreads()
         step //= 2
-    total_a = sa[0]
-    total_b = sb[0]
+    total_a = sa[base]
+    total_b = sb[base]
     cuda.syncthreads()  # the shared arrays may be reused right after
     return total_a, total_b
+
+
+_FULL_WARP = 0xFFFFFFFF
+
+
+@cuda.jit(device=True)
+def _row_sum2_shuffle(a, b, sa, sb):
+    """As :func:`_row_sum2_tree`, by warp shuffles; rows of blockDim.x >= 32 threads (a power of
+    two), so that every warp lies within one row."""
+    offset = 16
+    while offset > 0:  # butterfly: every lane ends with the warp's sums
+        a += cuda.shfl_xor_sync(_FULL_WARP, a, offset)
+        b += cuda.shfl_xor_sync(_FULL_WARP, b, offset)
+        offset //= 2
+    n_warps = cuda.blockDim.x // 32
+    if n_warps == 1:  # the same for the whole block: no thread skips a barrier others reach
+        return a, b
+    base = cuda.threadIdx.y * n_warps
+    if cuda.threadIdx.x % 32 == 0:
+        sa[base + cuda.threadIdx.x // 32] = a
+        sb[base + cuda.threadIdx.x // 32] = b
+    cuda.syncthreads()
+    total_a = 0.0
+    total_b = 0.0
+    for w in range(n_warps):
+        total_a += sa[base + w]
+        total_b += sb[base + w]
+    cuda.syncthreads()  # the shared arrays may be reused right after
+    return total_a, total_b
+
+
+# The simulator has no shuffles (see the module docstring).
+row_sum2 = _row_sum2_tree if _numba_config.ENABLE_CUDASIM else _row_sum2_shuffle
 
 
 @cuda.jit(device=True)
@@ -54,7 +92,26 @@ def column_partials(s1, s2, sh1, sh2, partials, col, n_cols):
 def block_partials(s1, s2, sa, sb, partials, col):
     """Sum a 1-D block's (s1, s2) and let thread 0 write partials[blockIdx.y, col] and
     partials[gridDim.y + blockIdx.y, col]."""
-    s1, s2 = block_sum2(s1, s2, sa, sb)
+    s1, s2 = row_sum2(s1, s2, sa, sb)
     if cuda.threadIdx.x == 0:
         partials[cuda.blockIdx.y, col] = s1
         partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
+
+
+@cuda.jit(device=True)
+def partial_sums(partials, col0, group, valid, sa, sb):
+    """The sums over every part of ``partials`` ((2P, columns): rows 0..P-1 hold partial sums of
+    a first quantity, rows P..2P-1 of a second) and over columns col0..col0+group-1, by one row
+    of threads (lanes take parts in turn; a serial loop over hundreds of parts waited on each
+    load and took up to 0.5 ms). Every thread of the block must call this (``valid`` False for
+    rows of threads with nothing to sum); all of a row get the two sums."""
+    s1 = 0.0
+    s2 = 0.0
+    if valid:
+        n_parts = partials.shape[0] // 2
+        for i in range(cuda.threadIdx.x, n_parts * group, cuda.blockDim.x):
+            p = i // group
+            j = col0 + i - p * group
+            s1 += partials[p, j]
+            s2 += partials[n_parts + p, j]
+    return row_sum2(s1, s2, sa, sb)

@@ -1,123 +1,323 @@
-"""BatchNorm CUDA kernels, on the same two layouts as the CPU kernels:
+"""BatchNorm CUDA kernels on a contiguous (outer, C, inner) input, in one of two layouts:
 
-* "wide" (rows, cols): each column belongs to a channel. Blocks of 32 x 8 threads: a warp reads
-  32 neighbouring columns of one row (coalesced), 8 rows at a time.
-* "runs" (outer, C, inner) with long contiguous inner runs: one block per (channel, slice),
-  threads stride along the runs.
+* "wide" (inner < RUN_MIN): the input as (outer, C * inner) rows; column l belongs to channel
+  l // inner. Threads run along the columns (coalesced), blocks split the rows.
+* "runs": one block per (channel, slice of its outer x inner values); threads run along the
+  contiguous inner runs.
 
 Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first value (the CPU
-module explains why this is exact); each block writes one partial per channel, and the host merges
-the partials (a few KB). Elementwise passes use grid-stride loops.
+module explains why this is exact); blocks write partial sums, and a one-thread-per-channel
+kernel turns them into the mean, variance and the coefficients of the elementwise pass, on the
+device: no host round trip between the two passes.
+
+The elementwise passes see any input as rows x columns with the channel of (r, l) equal to
+r % row_channels + l // col_group (row_channels = C, col_group = inner for the runs layout, whose
+columns are all below inner; row_channels = 1, col_group = inner for the wide one). Each thread
+keeps one column and walks down the rows, updating r % row_channels by additions: no integer
+division per element (a 64-bit division per element made the first version of these kernels
+compute-bound at ~100 G elements/s).
+
+Every loop over the data takes four values per thread per iteration, loaded before any is
+used: with one, each thread waits for every load in turn (~1.3 TB/s of an H200's ~4).
 """
+
+import math
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, block_partials, column_partials
+from ._reduce import BLOCK, block_partials, column_partials, partial_sums
 
-WIDE_X, WIDE_Y = 32, 8  # largest block shape of the wide kernels (blockDim.y may be smaller)
+WIDE_X, WIDE_Y = 32, 8  # block shape of the wide reduction kernels
 
 
 @cuda.jit
-def wide_shifted_sums_kernel(x, partials):
-    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col] (P = gridDim.y): this block's
-    rows' sum of (x - K) and of its square, where K = x[0, col] (written to partials[2P, col])."""
+def wide_shifted_sums_kernel(x, col_group, partials):
+    """partials[blockIdx.y, l] and partials[P + blockIdx.y, l] (P = gridDim.y): this block's
+    rows' sum of (x - K) and of its square, K = x[0, first column of l's channel]."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
     s1 = 0.0
     s2 = 0.0
     if col < n_cols:
-        k = float64(x[0, col])
-        if cuda.blockIdx.y == 0 and ty == 0:
-            partials[2 * cuda.gridDim.y, col] = k
-        for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
-            d = float64(x[r, col]) - k
-            s1 += d
-            s2 += d * d
+        k = float64(x[0, (col // col_group) * col_group])
+        step = cuda.gridDim.y * cuda.blockDim.y
+        r = cuda.blockIdx.y * cuda.blockDim.y + ty
+        while r + 3 * step < n_rows:  # four independent loads in flight per thread
+            d0 = float64(x[r, col]) - k
+            d1 = float64(x[r + step, col]) - k
+            d2 = float64(x[r + 2 * step, col]) - k
+            d3 = float64(x[r + 3 * step, col]) - k
+            s1 += (d0 + d1) + (d2 + d3)
+            s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            r += 4 * step
+        while r < n_rows:
+            d0 = float64(x[r, col]) - k
+            s1 += d0
+            s2 += d0 * d0
+            r += step
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
 
 
 @cuda.jit
-def wide_grad_sums_kernel(dy, x, mean, partials):
-    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col]: this block's rows' sum of dy
-    and of dy * (x - mean)."""
+def wide_grad_sums_kernel(dy, x, stats, col_group, partials):
+    """partials[blockIdx.y, l] and partials[P + blockIdx.y, l]: this block's rows' sum of dy and
+    of dy * (x - mean), mean = stats[0, channel of l]."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
     s1 = 0.0
     s2 = 0.0
     if col < n_cols:
-        m = mean[col]
-        for r in range(cuda.blockIdx.y * cuda.blockDim.y + ty, n_rows, cuda.gridDim.y * cuda.blockDim.y):
-            g = float64(dy[r, col])
-            s1 += g
-            s2 += g * (float64(x[r, col]) - m)
+        m = stats[0, col // col_group]
+        step = cuda.gridDim.y * cuda.blockDim.y
+        r = cuda.blockIdx.y * cuda.blockDim.y + ty
+        while r + 3 * step < n_rows:
+            g0 = float64(dy[r, col])
+            g1 = float64(dy[r + step, col])
+            g2 = float64(dy[r + 2 * step, col])
+            g3 = float64(dy[r + 3 * step, col])
+            x0 = float64(x[r, col]) - m
+            x1 = float64(x[r + step, col]) - m
+            x2 = float64(x[r + 2 * step, col]) - m
+            x3 = float64(x[r + 3 * step, col]) - m
+            s1 += (g0 + g1) + (g2 + g3)
+            s2 += (g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)
+            r += 4 * step
+        while r < n_rows:
+            g0 = float64(dy[r, col])
+            s1 += g0
+            s2 += g0 * (float64(x[r, col]) - m)
+            r += step
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
 
 
+@cuda.jit(device=True)
+def _segment(item, n_segments, seg_len, n_inner):
+    """(outer index, first inner index, end) of work item ``item`` of a channel: its values are
+    split into segments of ``seg_len`` along each inner run."""
+    o = item // n_segments
+    i0 = (item - o * n_segments) * seg_len
+    return o, i0, min(i0 + seg_len, n_inner)
+
+
 @cuda.jit
-def runs_shifted_sums_kernel(x, partials):
+def runs_shifted_sums_kernel(x, seg_len, partials):
     """partials[blockIdx.y, c] and partials[P + blockIdx.y, c] for channel c = blockIdx.x: sums
-    of (x - K) and of its square over a slice of the channel, K = x[0, c, 0] (in partials[2P, c])."""
+    of (x - K) and of its square over this block's segments of the channel, K = x[0, c, 0]."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
-    total = n_outer * n_inner
+    n_segments = (n_inner + seg_len - 1) // seg_len
     k = float64(x[0, c, 0])
-    if cuda.blockIdx.y == 0 and cuda.threadIdx.x == 0:
-        partials[2 * cuda.gridDim.y, c] = k
     s1 = 0.0
     s2 = 0.0
-    stride = cuda.gridDim.y * cuda.blockDim.x
-    for j in range(cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x, total, stride):
-        d = float64(x[j // n_inner, c, j % n_inner]) - k
-        s1 += d
-        s2 += d * d
+    for item in range(cuda.blockIdx.y, n_outer * n_segments, cuda.gridDim.y):
+        o, i0, end = _segment(item, n_segments, seg_len, n_inner)
+        i = i0 + cuda.threadIdx.x
+        step = cuda.blockDim.x
+        while i + 3 * step < end:  # four independent loads in flight per thread
+            d0 = float64(x[o, c, i]) - k
+            d1 = float64(x[o, c, i + step]) - k
+            d2 = float64(x[o, c, i + 2 * step]) - k
+            d3 = float64(x[o, c, i + 3 * step]) - k
+            s1 += (d0 + d1) + (d2 + d3)
+            s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            i += 4 * step
+        while i < end:
+            d0 = float64(x[o, c, i]) - k
+            s1 += d0
+            s2 += d0 * d0
+            i += step
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     block_partials(s1, s2, sa, sb, partials, c)
 
 
 @cuda.jit
-def runs_grad_sums_kernel(dy, x, mean, partials):
+def runs_grad_sums_kernel(dy, x, stats, seg_len, partials):
     """partials[blockIdx.y, c] and partials[P + blockIdx.y, c]: sum of dy and of dy * (x - mean)
-    over a slice of channel c."""
+    over this block's segments of channel c, mean = stats[0, c]."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
-    total = n_outer * n_inner
-    m = mean[c]
+    n_segments = (n_inner + seg_len - 1) // seg_len
+    m = stats[0, c]
     s1 = 0.0
     s2 = 0.0
-    stride = cuda.gridDim.y * cuda.blockDim.x
-    for j in range(cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x, total, stride):
-        o = j // n_inner
-        i = j % n_inner
-        g = float64(dy[o, c, i])
-        s1 += g
-        s2 += g * (float64(x[o, c, i]) - m)
+    for item in range(cuda.blockIdx.y, n_outer * n_segments, cuda.gridDim.y):
+        o, i0, end = _segment(item, n_segments, seg_len, n_inner)
+        i = i0 + cuda.threadIdx.x
+        step = cuda.blockDim.x
+        while i + 3 * step < end:
+            g0 = float64(dy[o, c, i])
+            g1 = float64(dy[o, c, i + step])
+            g2 = float64(dy[o, c, i + 2 * step])
+            g3 = float64(dy[o, c, i + 3 * step])
+            x0 = float64(x[o, c, i]) - m
+            x1 = float64(x[o, c, i + step]) - m
+            x2 = float64(x[o, c, i + 2 * step]) - m
+            x3 = float64(x[o, c, i + 3 * step]) - m
+            s1 += (g0 + g1) + (g2 + g3)
+            s2 += (g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)
+            i += 4 * step
+        while i < end:
+            g0 = float64(dy[o, c, i])
+            s1 += g0
+            s2 += g0 * (float64(x[o, c, i]) - m)
+            i += step
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     block_partials(s1, s2, sa, sb, partials, c)
 
 
-@cuda.jit
-def affine_kernel(x, coef, out, n_inner):
-    """Flat (n,) arrays of a contiguous (outer, C, inner) tensor: out = (x - mean) * scale + shift,
-    coef = (mean, scale, shift) rows of C values, the channel of element j being (j // n_inner) % C."""
-    n_ch = coef.shape[1]
-    for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        c = (j // n_inner) % n_ch
-        out[j] = (float64(x[j]) - coef[0, c]) * coef[1, c] + coef[2, c]
+FINALIZE_BLOCK = (32, 8)  # a warp per channel, eight channels per block
+
+
+@cuda.jit(device=True)
+def _channel_sums(partials, n_ch, sa, sb):
+    """(channel, valid, s1, s2) for this row of threads of a FINALIZE_BLOCK block: the two sums
+    of its channel over every part and every partial column of the channel (``partials`` is
+    (2P, C * g), channel c's columns c*g..c*g+g-1: g = inner for the wide layout, 1 for runs)."""
+    c = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+    valid = c < n_ch
+    group = partials.shape[1] // n_ch
+    s1, s2 = partial_sums(partials, c * group, group, valid, sa, sb)
+    return c, valid and cuda.threadIdx.x == 0, s1, s2
 
 
 @cuda.jit
-def grad_input_kernel(dy, x, coef, out, n_inner):
-    """Flat arrays as in affine_kernel: out = scale * (dy - a - (x - mean) * b), coef = (mean,
-    scale, a, b) rows of C values."""
-    n_ch = coef.shape[1]
-    for j in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        c = (j // n_inner) % n_ch
-        out[j] = coef[1, c] * (float64(dy[j]) - coef[2, c] - (float64(x[j]) - coef[0, c]) * coef[3, c])
+def finalize_stats_kernel(partials, x, count, eps, params, coef, stats):
+    """Per channel c, from the shifted partial sums: stats[:, c] = (mean, biased variance, rstd)
+    and coef[:, c] = (mean, weight * rstd, bias), the coefficients of y = (x - mean) * scale +
+    bias. x: the (outer, C, inner) input, whose x[0, c, 0] is the shift K of channel c's sums;
+    params: rows (weight, bias)."""
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    c, writer, s1, s2 = _channel_sums(partials, stats.shape[1], sa, sb)
+    if writer:
+        mean_d = s1 / count
+        v = s2 / count - mean_d * mean_d
+        var = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
+        mean = float64(x[0, c, 0]) + mean_d
+        rstd = 1.0 / math.sqrt(var + eps)
+        stats[0, c] = mean
+        stats[1, c] = var
+        stats[2, c] = rstd
+        coef[0, c] = mean
+        coef[1, c] = params[0, c] * rstd
+        coef[2, c] = params[1, c]
+
+
+@cuda.jit
+def finalize_grads_kernel(partials, stats, params, inv_count, batch_stats, coef, sums):
+    """Per channel c: sums[:, c] = (sum dy, sum dy * (x - mean) * rstd), the gradients of bias
+    and weight, from the partial sums, and coef[:, c] = (mean, k, a, b) of
+    dx = k * (dy - a - (x - mean) * b), k = rstd * weight, a = sum(dy) / count and
+    b = sum(dy * (x - mean)) * rstd^2 / count (zero unless ``batch_stats`` is 1: running
+    statistics are constants)."""
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    c, writer, s1, s2 = _channel_sums(partials, stats.shape[1], sa, sb)
+    if writer:
+        rstd = stats[2, c]
+        sums[0, c] = s1          # dbias
+        sums[1, c] = s2 * rstd   # dweight
+        coef[0, c] = stats[0, c]
+        coef[1, c] = rstd * params[0, c]
+        a = 0.0
+        b = 0.0
+        if batch_stats:
+            a = s1 * inv_count
+            b = s2 * (rstd * rstd * inv_count)
+        coef[2, c] = a
+        coef[3, c] = b
+
+
+@cuda.jit(device=True)
+def _next_channel(row_channel, channel_step, row_channels):
+    row_channel += channel_step
+    return row_channel - row_channels if row_channel >= row_channels else row_channel
+
+
+@cuda.jit
+def affine_kernel(x, coef, row_channels, col_group, out):
+    """out = (x - mean) * scale + shift on (rows, cols) arrays, coef rows (mean, scale, shift)
+    indexed by channel r % row_channels + l // col_group. Four rows per iteration: four
+    independent loads in flight per thread."""
+    n_rows, n_cols = x.shape
+    r0 = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    r_step = cuda.gridDim.y * cuda.blockDim.y
+    channel_step = r_step % row_channels
+    for col in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n_cols,
+                     cuda.gridDim.x * cuda.blockDim.x):
+        col_channel = col // col_group
+        rc0 = r0 % row_channels
+        r = r0
+        while r + 3 * r_step < n_rows:
+            rc1 = _next_channel(rc0, channel_step, row_channels)
+            rc2 = _next_channel(rc1, channel_step, row_channels)
+            rc3 = _next_channel(rc2, channel_step, row_channels)
+            v0 = float64(x[r, col])
+            v1 = float64(x[r + r_step, col])
+            v2 = float64(x[r + 2 * r_step, col])
+            v3 = float64(x[r + 3 * r_step, col])
+            c = col_channel + rc0
+            out[r, col] = (v0 - coef[0, c]) * coef[1, c] + coef[2, c]
+            c = col_channel + rc1
+            out[r + r_step, col] = (v1 - coef[0, c]) * coef[1, c] + coef[2, c]
+            c = col_channel + rc2
+            out[r + 2 * r_step, col] = (v2 - coef[0, c]) * coef[1, c] + coef[2, c]
+            c = col_channel + rc3
+            out[r + 3 * r_step, col] = (v3 - coef[0, c]) * coef[1, c] + coef[2, c]
+            rc0 = _next_channel(rc3, channel_step, row_channels)
+            r += 4 * r_step
+        while r < n_rows:
+            c = col_channel + rc0
+            out[r, col] = (float64(x[r, col]) - coef[0, c]) * coef[1, c] + coef[2, c]
+            rc0 = _next_channel(rc0, channel_step, row_channels)
+            r += r_step
+
+
+@cuda.jit(device=True)
+def _grad(g, v, coef, c):
+    return coef[1, c] * (g - coef[2, c] - (v - coef[0, c]) * coef[3, c])
+
+
+@cuda.jit
+def grad_input_kernel(dy, x, coef, row_channels, col_group, out):
+    """out = k * (dy - a - (x - mean) * b) on (rows, cols) arrays, coef rows (mean, k, a, b)
+    indexed by channel as in affine_kernel, four rows per iteration as there."""
+    n_rows, n_cols = x.shape
+    r0 = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+    r_step = cuda.gridDim.y * cuda.blockDim.y
+    channel_step = r_step % row_channels
+    for col in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, n_cols,
+                     cuda.gridDim.x * cuda.blockDim.x):
+        col_channel = col // col_group
+        rc0 = r0 % row_channels
+        r = r0
+        while r + 3 * r_step < n_rows:
+            rc1 = _next_channel(rc0, channel_step, row_channels)
+            rc2 = _next_channel(rc1, channel_step, row_channels)
+            rc3 = _next_channel(rc2, channel_step, row_channels)
+            g0 = float64(dy[r, col])
+            g1 = float64(dy[r + r_step, col])
+            g2 = float64(dy[r + 2 * r_step, col])
+            g3 = float64(dy[r + 3 * r_step, col])
+            v0 = float64(x[r, col])
+            v1 = float64(x[r + r_step, col])
+            v2 = float64(x[r + 2 * r_step, col])
+            v3 = float64(x[r + 3 * r_step, col])
+            out[r, col] = _grad(g0, v0, coef, col_channel + rc0)
+            out[r + r_step, col] = _grad(g1, v1, coef, col_channel + rc1)
+            out[r + 2 * r_step, col] = _grad(g2, v2, coef, col_channel + rc2)
+            out[r + 3 * r_step, col] = _grad(g3, v3, coef, col_channel + rc3)
+            rc0 = _next_channel(rc3, channel_step, row_channels)
+            r += 4 * r_step
+        while r < n_rows:
+            out[r, col] = _grad(float64(dy[r, col]), float64(x[r, col]), coef, col_channel + rc0)
+            rc0 = _next_channel(rc0, channel_step, row_channels)
+            r += r_step

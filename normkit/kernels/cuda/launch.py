@@ -1,12 +1,18 @@
-"""Host side of the CUDA backend: input checks, device transfers, launch geometry, and the
-per-channel arithmetic (merging block partials, running statistics) done on the host in float64.
+"""Host side of the CUDA backend: input checks, device transfers, launch geometry.
 
 Inputs may be NumPy arrays (copied to the device, results copied back) or device arrays: numba
 device arrays or anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), used in
 place, with results left on the device as numba device arrays. Device inputs must be
 C-contiguous (a host input of any layout is made contiguous on its way to the device).
+
+Per call the host does as little as it can, because numba-cuda's host costs (tens of us per
+launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
+:mod:`._pool`, launches go through :mod:`._launcher`, per-channel arithmetic (merging block
+partials, coefficients) runs in small device kernels, and only what must reach the host (running
+statistics, parameter gradients) is copied back, once, after the last launch.
 """
 
+import functools
 import hashlib
 import math
 
@@ -17,9 +23,11 @@ from ... import _checks
 from ..._backend import is_device_array, is_numba_device_array
 from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved, param_dtype
-from ..cpu.batchnorm import RUN_MIN, combine_moments, moments_from_partials
+from ..cpu.batchnorm import RUN_MIN
+from . import _pool
 from . import batchnorm as bn
 from . import layernorm as ln
+from ._launcher import Shaped, launch
 from ._reduce import BLOCK
 
 
@@ -28,10 +36,21 @@ def _simulator():
     return bool(config.ENABLE_CUDASIM)
 
 
+def _min_row_log2():
+    """log2 of the fewest threads along a row: a warp on a GPU (the shuffle reductions need
+    whole warps in a row); 4 under the simulator, which has no warps and runs every CUDA thread
+    as an OS thread, each barrier costing milliseconds."""
+    return 2 if _simulator() else 5
+
+
+@functools.lru_cache(maxsize=None)
 def _geometry():
-    """(threads per 1-D block, (x, y) of 2-D blocks, target number of blocks)."""
-    if _simulator():  # one OS thread per CUDA thread: keep blocks tiny
-        return 32, (32, 2), 4
+    """(threads per 1-D block, (x, y) of 2-D reduction blocks, target number of blocks).
+
+    Read once: it only sizes grids (every kernel loops over what its grid does not cover), so
+    another device in the same process is still computed correctly."""
+    if _simulator():  # one OS thread per CUDA thread: keep blocks small, but of several rows
+        return 64, (32, 2), 2
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     return BLOCK, (bn.WIDE_X, bn.WIDE_Y), sms * 8
 
@@ -55,80 +74,95 @@ def _result(d, on_host):
     return d.copy_to_host() if on_host else d
 
 
-# Every host<->device copy and every allocation costs ~0.1-0.2 ms of host time with numba-cuda
-# (measured on an H100), more than the kernels themselves below ~100 MB. So per-channel vectors
-# travel stacked in one array, and stacks already sent (the same weights, call after call in
-# inference) are reused from a small cache keyed by their bytes.
-_vector_cache = {}
-_VECTOR_CACHE_SIZE = 32
+# A host-to-device copy costs ~130 us of host time with numba-cuda (measured on an H200), more
+# than the kernels themselves below ~100 MB. So per-channel vectors travel stacked in one array,
+# and stacks already sent (the same weights, call after call in inference) are reused: the last
+# few are kept with a host copy, and a stack is reused when its vectors equal that copy exactly
+# (a comparison runs at memory speed; hashing 8192 channels' bytes took ~40 us a vector).
+_vector_cache = []   # (host float64 stack, device copy), newest last
+_VECTOR_CACHE_SIZE = 16
 
 
 def vectors_to_device(*vectors):
-    """One (k, n) float64 device array holding the k host vectors, sent once and cached."""
-    stacked = np.ascontiguousarray(np.stack(vectors), dtype=np.float64)
-    key = (stacked.shape, hashlib.blake2b(stacked.tobytes(), digest_size=16).digest())
-    d = _vector_cache.get(key)
-    if d is None:
-        if len(_vector_cache) >= _VECTOR_CACHE_SIZE:
-            _vector_cache.pop(next(iter(_vector_cache)))  # oldest first
-        d = _vector_cache[key] = cuda.to_device(stacked)
-    return d
+    """One (k, n) float64 device array holding the k host vectors, sent once and cached.
+
+    A vector may be ``("ones", n)`` or ``("zeros", n)``, standing for that constant vector."""
+    rows = [np.full(v[1], 1.0 if v[0] == "ones" else 0.0) if isinstance(v, tuple) else v for v in vectors]
+    shape = (len(rows), rows[0].shape[0])
+    for i in range(len(_vector_cache) - 1, -1, -1):
+        host, device = _vector_cache[i]
+        if host.shape == shape and all(np.array_equal(h, r) for h, r in zip(host, rows)):
+            return device
+    host = np.ascontiguousarray(np.stack(rows), dtype=np.float64)
+    if len(_vector_cache) >= _VECTOR_CACHE_SIZE:
+        _vector_cache.pop(0)  # oldest first
+    device = cuda.to_device(host)
+    _vector_cache.append((host, device))
+    return device
 
 
-def _grid_1d(n, threads, target):
-    return max(1, min(math.ceil(n / threads), target * 4))
+def _affine_params(weight, bias, n):
+    """Device rows (weight, bias), ones and zeros standing in for absent parameters."""
+    return vectors_to_device(("ones", n) if weight is None else weight,
+                             ("zeros", n) if bias is None else bias)
+
+
+def _elementwise_geometry(n_rows, n_cols, threads, target):
+    """(grid, block) of the 2-D elementwise kernels: threads along the columns (a power of two
+    up to ``threads`` that covers short rows), the rest of the block along the rows; at most
+    4 x ``target`` blocks, which loop over the rest."""
+    tx = min(threads, 1 << max(_min_row_log2(), math.ceil(math.log2(n_cols))))
+    ty = threads // tx
+    gx = min(math.ceil(n_cols / tx), 4 * target)
+    gy = min(math.ceil(n_rows / ty), 65535, max(1, 4 * target // gx))
+    return (gx, gy), (tx, ty)
 
 
 # ------------------------------------------------------------------------------------------------
 # BatchNorm
 # ------------------------------------------------------------------------------------------------
 
-def _partials_shape(x3, block2d, target, threads):
-    """(layout, P, columns): how many blocks along the reduction and how many columns."""
-    n_outer, n_ch, n_inner = x3.shape
-    if n_inner >= RUN_MIN:
-        return "runs", max(1, min(target // n_ch + 1, math.ceil(n_outer * n_inner / (threads * 8)))), n_ch
-    n_cols = n_ch * n_inner
-    col_blocks = math.ceil(n_cols / block2d[0])
-    return "wide", max(1, min(math.ceil(n_outer / block2d[1]), target // col_blocks + 1)), n_cols
+class _BatchNormShape:
+    """An (outer, C, inner) input and how the kernels see it."""
+
+    def __init__(self, shape, axis):
+        self.n_outer = math.prod(shape[:axis])
+        self.n_ch = shape[axis]
+        self.n_inner = math.prod(shape[axis + 1:])
+        self.wide = self.n_inner < RUN_MIN
+        self.x3 = (self.n_outer, self.n_ch, self.n_inner)
+        if self.wide:  # rows of C * inner columns; column l is channel l // inner
+            self.x2 = (self.n_outer, self.n_ch * self.n_inner)
+            self.row_channels, self.col_group = 1, self.n_inner
+        else:          # rows of one inner run each; row r is channel r % C
+            self.x2 = (self.n_outer * self.n_ch, self.n_inner)
+            self.row_channels, self.col_group = self.n_ch, self.n_inner
+
+    def partials(self, target, threads, block2d, run_kernel, wide_kernel, inputs, extra=()):
+        """Launch a partial-sums kernel on ``inputs`` (device arrays of this shape) and the
+        ``extra`` arguments; returns the (2P, columns) float64 partials it fills."""
+        if self.wide:
+            n_cols = self.x2[1]
+            col_blocks = math.ceil(n_cols / block2d[0])
+            parts = max(1, min(math.ceil(self.n_outer / block2d[1]), target // col_blocks + 1))
+            partials = _pool.scratch("bn partials", (2 * parts, n_cols), np.float64)
+            launch(wide_kernel, (col_blocks, parts), block2d, *(Shaped(a, self.x2) for a in inputs),
+                   *extra, self.col_group, partials)
+        else:
+            seg_len = threads * 4
+            items = self.n_outer * math.ceil(self.n_inner / seg_len)
+            parts = max(1, min(items, target // self.n_ch + 1))
+            partials = _pool.scratch("bn partials", (2 * parts, self.n_ch), np.float64)
+            launch(run_kernel, (self.n_ch, parts), (threads,), *(Shaped(a, self.x3) for a in inputs),
+                   *extra, seg_len, partials)
+        return partials
 
 
-def _bn_stats(x3, threads, block2d, target):
-    """Per-channel mean and biased variance (float64, host) of a device (O, C, I) array."""
-    n_outer, n_ch, n_inner = x3.shape
-    layout, parts, _ = _partials_shape(x3, block2d, target, threads)
-    partials = cuda.device_array((2 * parts + 1, n_ch if layout == "runs" else n_ch * n_inner))
-    if layout == "runs":
-        bn.runs_shifted_sums_kernel[(n_ch, parts), threads](x3, partials)
-        count = n_outer * n_inner
-    else:
-        x2 = x3.reshape(n_outer, n_ch * n_inner)
-        bn.wide_shifted_sums_kernel[(math.ceil(x2.shape[1] / block2d[0]), parts), block2d](x2, partials)
-        count = n_outer
-    p = partials.copy_to_host()
-    mean, var = moments_from_partials(p[2 * parts], p[:parts], p[parts:2 * parts], float(count))
-    if layout == "wide" and n_inner > 1:  # the columns of one channel are equal-sized parts of it
-        mean, var = combine_moments(np.full(n_inner, float(n_outer)), mean.reshape(-1, n_inner).T,
-                                    var.reshape(-1, n_inner).T)
-    return mean, var
-
-
-def _bn_grad_sums(dy3, x3, mean, threads, block2d, target):
-    """Per channel: sum(dy) and sum(dy * (x - mean)), float64 on the host."""
-    n_outer, n_ch, n_inner = x3.shape
-    layout, parts, n_cols = _partials_shape(x3, block2d, target, threads)
-    partials = cuda.device_array((2 * parts, n_cols))
-    if layout == "runs":
-        bn.runs_grad_sums_kernel[(n_ch, parts), threads](dy3, x3, vectors_to_device(mean)[0], partials)
-    else:
-        x2, dy2 = x3.reshape(n_outer, n_cols), dy3.reshape(n_outer, n_cols)
-        bn.wide_grad_sums_kernel[(math.ceil(n_cols / block2d[0]), parts), block2d](
-            dy2, x2, vectors_to_device(np.repeat(mean, n_inner))[0], partials)
-    p = partials.copy_to_host()
-    s1, s2 = p[:parts].sum(axis=0), p[parts:].sum(axis=0)
-    if layout == "wide" and n_inner > 1:
-        s1, s2 = s1.reshape(n_ch, n_inner).sum(axis=1), s2.reshape(n_ch, n_inner).sum(axis=1)
-    return s1, s2
+def _channel_grid(n_ch):
+    """(grid, block) of the per-channel kernels: a warp per channel (under the simulator, which
+    runs each CUDA thread as an OS thread and has no warps, four threads per channel)."""
+    block = (4, 4) if _simulator() else bn.FINALIZE_BLOCK
+    return (math.ceil(n_ch / block[1]),), block
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *, axis,
@@ -140,27 +174,33 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
                                  training, momentum, eps, num_batches_tracked)
     axis, n_ch, count, w, b = args.axis, args.channels, args.count, args.weight, args.bias
     running_mean, running_var = args.running_mean, args.running_var
-
     threads, block2d, target = _geometry()
-    n_outer = math.prod(xd.shape[:axis])
-    n_inner = math.prod(xd.shape[axis + 1:])
-    x3 = xd.reshape(n_outer, n_ch, n_inner)
-    updated = False
+    geo = _BatchNormShape(tuple(xd.shape), axis)
     if training:
-        mean, var = _bn_stats(x3, threads, block2d, target)
-        if running_mean is not None:
-            updated = update_running_stats(running_mean, running_var, mean, var, count,
-                                           args.momentum, num_batches_tracked, op)
+        # stats rows: mean, biased variance, rstd; coef rows: mean, scale, shift
+        stats = _pool.empty((3, n_ch), np.float64)
+        coef = _pool.scratch("bn coef", (3, n_ch), np.float64)
+        partials = geo.partials(target, threads, block2d, bn.runs_shifted_sums_kernel,
+                                bn.wide_shifted_sums_kernel, (xd,))
+        launch(bn.finalize_stats_kernel, *_channel_grid(n_ch), partials, Shaped(xd, geo.x3),
+               float(count), float(args.eps), _affine_params(w, b, n_ch), coef, stats)
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-    rstd, scale, shift = args.coefficients(var)
-    yd = cuda.device_array(xd.shape, xd.dtype)
-    flat_x, flat_y = xd.reshape(xd.size), yd.reshape(xd.size)
-    bn.affine_kernel[_grid_1d(xd.size, threads, target), threads](
-        flat_x, vectors_to_device(mean, scale, shift), flat_y, n_inner)
+        rstd, scale, shift = args.coefficients(var)
+        stats = vectors_to_device(mean, var, rstd)
+        coef = vectors_to_device(mean, scale, shift)
+    yd = _pool.empty(xd.shape, xd.dtype)
+    grid, block = _elementwise_geometry(*geo.x2, threads, target)
+    launch(bn.affine_kernel, grid, block, Shaped(xd, geo.x2), coef, geo.row_channels, geo.col_group,
+           Shaped(yd, geo.x2))
+    updated = False
+    if training and running_mean is not None:
+        host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
+        updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
+                                       count, args.momentum, num_batches_tracked, op)
     saved = BatchNormSaved(
-        backend="cuda", x=x3, x_shape=tuple(xd.shape), axis=axis, mean=mean, rstd=rstd, weight=w,
+        backend="cuda", x=xd, x_shape=tuple(xd.shape), axis=axis, mean=stats, rstd=None, weight=w,
         has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
         count=count, running_stats_updated=updated, host_io=on_host)
     return _result(yd, on_host), saved
@@ -173,23 +213,27 @@ def batch_norm_backward(dy, saved):
     if tuple(dyd.shape) != saved.x_shape:
         raise ValueError(f"{op}: dy has shape {tuple(dyd.shape)} but the forward's input had shape {saved.x_shape}")
     threads, block2d, target = _geometry()
-    x3, mean, rstd = saved.x, saved.mean, saved.rstd
-    dy3 = dyd.reshape(x3.shape)
-    n_ch = mean.shape[0]
-    if saved.batch_stats or saved.weight is not None or saved.has_bias:
-        sum_dy, sum_dy_xc = _bn_grad_sums(dy3, x3, mean, threads, block2d, target)
-    scale = rstd if saved.weight is None else rstd * saved.weight
-    if saved.batch_stats:
-        a = sum_dy / saved.count
-        b = sum_dy_xc * (rstd * rstd / saved.count)
-    else:
-        a = b = np.zeros(n_ch)
-    dxd = cuda.device_array(saved.x_shape, x3.dtype)
-    n = dxd.size
-    bn.grad_input_kernel[_grid_1d(n, threads, target), threads](
-        dyd.reshape(n), x3.reshape(n), vectors_to_device(mean, scale, a, b), dxd.reshape(n), x3.shape[2])
-    dweight = None if saved.weight is None else (sum_dy_xc * rstd).astype(saved.param_dtype)
-    dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
+    geo = _BatchNormShape(saved.x_shape, saved.axis)
+    n_ch = geo.n_ch
+    stats = saved.mean  # the device (3, C) array of mean, variance, rstd
+    partials = geo.partials(target, threads, block2d, bn.runs_grad_sums_kernel,
+                            bn.wide_grad_sums_kernel, (dyd, saved.x), (stats,))
+    coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64)  # rows: mean, k, a, b
+    sums = _pool.scratch("bn grad sums", (2, n_ch), np.float64)  # rows: dbias, dweight
+    launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
+           _affine_params(saved.weight, None, n_ch), 1.0 / saved.count, int(saved.batch_stats),
+           coef, sums)
+    dxd = _pool.empty(saved.x_shape, saved.x.dtype)
+    grid, block = _elementwise_geometry(*geo.x2, threads, target)
+    launch(bn.grad_input_kernel, grid, block, Shaped(dyd, geo.x2), Shaped(saved.x, geo.x2), coef,
+           geo.row_channels, geo.col_group, Shaped(dxd, geo.x2))
+    dweight = dbias = None
+    if saved.weight is not None or saved.has_bias:
+        host_sums = sums.copy_to_host()
+        if saved.weight is not None:
+            dweight = host_sums[1].astype(saved.param_dtype)
+        if saved.has_bias:
+            dbias = host_sums[0].astype(saved.param_dtype)
     return _result(dxd, saved.host_io), dweight, dbias
 
 
@@ -197,11 +241,14 @@ def batch_norm_backward(dy, saved):
 # LayerNorm
 # ------------------------------------------------------------------------------------------------
 
-def _row_threads(n_cols, threads):
-    """Threads per row: about eight values each, a power of two, from a warp to 128 (128 measured
-    faster than 256 for 1024-wide rows on an H100)."""
-    want = 1 << max(5, math.ceil(math.log2(max(1, n_cols // 8))))
-    return min(threads, want, 128)
+def _row_geometry(n_rows, n_cols, threads, target):
+    """(grid, block, cached) of the row kernels: a power of two of threads per row from a warp
+    to ``threads``, about ln.CACHED values each, and as many rows per block as fill
+    ``threads``; ``cached`` when each thread's values fit the register-cached kernels."""
+    tx = min(threads, 1 << max(_min_row_log2(), math.ceil(math.log2(max(1, n_cols / ln.CACHED)))))
+    ty = max(1, threads // tx)
+    grid = (max(1, min(math.ceil(n_rows / ty), target * 8)),)
+    return grid, (tx, ty), n_cols <= ln.CACHED * tx
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps):
@@ -209,16 +256,16 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
     op = "layer_norm"
     xd, on_host = to_device(x, op)
     args = _checks.LayerNormArgs(tuple(xd.shape), normalized_shape, weight, bias, eps)
-    shape, eps, w, b, n_cols = args.normalized_shape, args.eps, args.weight, args.bias, args.cols
-    x2 = xd.reshape(xd.size // n_cols, n_cols)
+    shape, w, b, n_cols = args.normalized_shape, args.weight, args.bias, args.cols
+    rows2 = (xd.size // n_cols, n_cols)
     threads, _, target = _geometry()
-    yd = cuda.device_array(xd.shape, xd.dtype)
-    stats = cuda.device_array((2, x2.shape[0]))  # rows: mean, rstd
-    params = vectors_to_device(np.ones(n_cols) if w is None else w, np.zeros(n_cols) if b is None else b)
-    ln.forward_kernel[min(x2.shape[0], target * 8), _row_threads(n_cols, threads)](
-        x2, params, eps, yd.reshape(x2.shape), stats)
+    yd = _pool.empty(xd.shape, xd.dtype)
+    stats = _pool.empty((2, rows2[0]), np.float64)  # rows: mean, rstd
+    grid, block, cached = _row_geometry(*rows2, threads, target)
+    launch(ln.forward_cached_kernel if cached else ln.forward_kernel, grid, block, Shaped(xd, rows2),
+           _affine_params(w, b, n_cols), float(args.eps), Shaped(yd, rows2), stats)
     saved = LayerNormSaved(
-        backend="cuda", x=x2, x_shape=tuple(xd.shape), normalized_shape=shape, mean=stats, rstd=None,
+        backend="cuda", x=xd, x_shape=tuple(xd.shape), normalized_shape=shape, mean=stats, rstd=None,
         weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias), host_io=on_host)
     return _result(yd, on_host), saved
 
@@ -229,24 +276,27 @@ def layer_norm_backward(dy, saved):
     dyd, _ = to_device(dy, op, "dy")
     if tuple(dyd.shape) != saved.x_shape:
         raise ValueError(f"{op}: dy has shape {tuple(dyd.shape)} but the forward's input had shape {saved.x_shape}")
-    x2 = saved.x
-    n_rows, n_cols = x2.shape
-    dy2 = dyd.reshape(x2.shape)
+    n_cols = math.prod(saved.normalized_shape)
+    rows2 = (saved.x.size // n_cols, n_cols)
+    n_rows = rows2[0]
     threads, block2d, target = _geometry()
     stats = saved.mean  # the device (2, rows) array of mean and rstd
-    params = vectors_to_device(np.ones(n_cols) if saved.weight is None else saved.weight)
-    dxd = cuda.device_array(saved.x_shape, x2.dtype)
-    ln.backward_dx_kernel[min(n_rows, target * 8), _row_threads(n_cols, threads)](
-        dy2, x2, stats, params, dxd.reshape(x2.shape))
+    x2, dy2 = Shaped(saved.x, rows2), Shaped(dyd, rows2)
+    dxd = _pool.empty(saved.x_shape, saved.x.dtype)
+    grid, block, cached = _row_geometry(*rows2, threads, target)
+    launch(ln.backward_dx_cached_kernel if cached else ln.backward_dx_kernel, grid, block, dy2, x2,
+           stats, _affine_params(saved.weight, None, n_cols), Shaped(dxd, rows2))
     dweight = dbias = None
     if saved.weight is not None or saved.has_bias:
         col_blocks = math.ceil(n_cols / block2d[0])
         row_blocks = max(1, min(math.ceil(n_rows / block2d[1]), target // col_blocks + 1))
-        partials = cuda.device_array((2 * row_blocks, n_cols))
-        ln.param_grad_kernel[(col_blocks, row_blocks), block2d](dy2, x2, stats, partials)
-        p = partials.copy_to_host()
+        partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64)
+        launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials)
+        sums = _pool.scratch("ln sums", (2, n_cols), np.float64)
+        launch(ln.sum_partials_kernel, *_channel_grid(n_cols), partials, sums)
+        host_sums = sums.copy_to_host()
         if saved.weight is not None:
-            dweight = p[:row_blocks].sum(axis=0).reshape(saved.normalized_shape).astype(saved.param_dtype)
+            dweight = host_sums[0].reshape(saved.normalized_shape).astype(saved.param_dtype)
         if saved.has_bias:
-            dbias = p[row_blocks:].sum(axis=0).reshape(saved.normalized_shape).astype(saved.param_dtype)
+            dbias = host_sums[1].reshape(saved.normalized_shape).astype(saved.param_dtype)
     return _result(dxd, saved.host_io), dweight, dbias
