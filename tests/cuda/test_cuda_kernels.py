@@ -52,7 +52,7 @@ def test_batch_norm_matches_reference(shape, axis, dtype, training):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,ns", [((6, 5), 5), ((3, 4, 37), (4, 37)), ((2, 70), 70), ((3, 1), 1),
                                       ((7, 3), 3), ((40, 5), 5),  # a half-filled last block; rows beyond the grid
-                                      ((2, 600), 600)])  # rows too long for the register-cached kernels
+                                      ((2, 600), 600)])  # ten values per thread
 def test_layer_norm_matches_reference(shape, ns, dtype):
     rng = np.random.default_rng(abs(hash((shape, ns))) % 2**32)
     nsh = (ns,) if isinstance(ns, int) else ns
@@ -124,6 +124,21 @@ def test_errors_are_the_cpu_ones():
         F.layer_norm(np.ones((4, 3), np.float32), 4, backend="cuda")
 
 
+def test_parameters_changed_in_place_are_sent_again():
+    """The device copies of weights are cached by content: an optimizer's in-place update must
+    reach the next call."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((6, 8)).astype(np.float32)
+    w, b = np.ones(8, np.float32), np.zeros(8, np.float32)
+    for _ in range(2):
+        y, _ = F.layer_norm(x, 8, w, b, backend="cuda")
+        _close(y, R.layer_norm(x, 8, w, b)[0], np.float32)
+        yb, _ = F.batch_norm(x, None, None, w, b, training=True, backend="cuda")
+        _close(yb, R.batch_norm(x, None, None, w, b, training=True)[0], np.float32)
+        w *= 1.5
+        b += 0.25
+
+
 # ------------------------------------------------------------------------------------------------
 # Real GPU only: the simulator has no device memory to pool and no cuda.core launch path, and
 # realistic sizes (full 256-thread blocks, many grid-stride iterations) are too slow for it.
@@ -134,7 +149,10 @@ def _simulator():
     return bool(config.ENABLE_CUDASIM)
 
 
-gpu_only = pytest.mark.skipif(_simulator(), reason="needs a real GPU (CI runs the simulator)")
+def gpu_only(test):
+    """Needs a real GPU: marked ``gpu`` (tests/test_cuda_simulator.py deselects those), and
+    skipped if run under the simulator by hand."""
+    return pytest.mark.gpu(pytest.mark.skipif(_simulator(), reason="needs a real GPU")(test))
 
 
 @gpu_only

@@ -58,8 +58,20 @@ def _give_back(key, block):
             _free_bytes += key[1]
 
 
-def empty(shape, dtype):
-    """An uninitialised device array, from the pool when a freed buffer of its size is there."""
+def current_context():
+    """The CUDA context that this call's arrays belong to (get it once per call and pass it to
+    :func:`empty` and :func:`scratch`: the lookup costs a few microseconds)."""
+    return cuda.current_context()
+
+
+def device_id(ctx):
+    """The device of ``ctx``: cached buffers are only ever handed out on their own device."""
+    return getattr(ctx.device, "id", None) or 0  # the simulator's device has no id
+
+
+def empty(shape, dtype, ctx):
+    """An uninitialised device array in context ``ctx``, from the pool when a freed buffer of
+    its size is there."""
     from numba.core import config as numba_config
     if numba_config.ENABLE_CUDASIM:
         return cuda.device_array(shape, dtype)
@@ -71,7 +83,6 @@ def empty(shape, dtype):
     for n in shape:
         nbytes *= n
     size = _rounded(nbytes)
-    ctx = cuda.current_context()
     pool_key = (ctx.device.id, size)  # a buffer belongs to its device
     block = _take(pool_key)
     if block is None:
@@ -102,7 +113,7 @@ _threads = threading.local()
 _SCRATCH_ENTRIES = 32
 
 
-def scratch(name, shape, dtype):
+def scratch(name, shape, dtype, ctx):
     """A device array that only this call's kernels use (block partials, coefficients): the
     same one for every call of this thread with this name, shape and dtype, so it costs no
     allocation after the first call. Safe because normkit's kernels and copies all run in order
@@ -111,12 +122,12 @@ def scratch(name, shape, dtype):
     arrays = getattr(_threads, "scratch", None)
     if arrays is None:
         arrays = _threads.scratch = {}
-    key = (name, shape, dtype)
+    key = (name, shape, dtype, device_id(ctx))
     a = arrays.get(key)
     if a is None:
         if len(arrays) >= _SCRATCH_ENTRIES:
             arrays.pop(next(iter(arrays)))  # oldest first
-        a = arrays[key] = empty(shape, dtype)
+        a = arrays[key] = empty(shape, dtype, ctx)
     return a
 
 

@@ -13,7 +13,6 @@ statistics, parameter gradients) is copied back, once, after the last launch.
 """
 
 import functools
-import hashlib
 import math
 
 import numpy as np
@@ -77,40 +76,49 @@ def _result(d, on_host):
 # A host-to-device copy costs ~130 us of host time with numba-cuda (measured on an H200), more
 # than the kernels themselves below ~100 MB. So per-channel vectors travel stacked in one array,
 # and stacks already sent (the same weights, call after call in inference) are reused: the last
-# few are kept with a host copy, and a stack is reused when its vectors equal that copy exactly
-# (a comparison runs at memory speed; hashing 8192 channels' bytes took ~40 us a vector).
-_vector_cache = []   # (host float64 stack, device copy), newest last
+# few are kept with their vectors' bytes, compared byte for byte (hashing 8192 channels' bytes
+# took ~40 us a vector; a comparison runs at memory speed and cannot collide).
+_vector_cache = []   # (key: the vectors' dtypes and bytes, device stack), newest last
 _VECTOR_CACHE_SIZE = 16
 
 
-def vectors_to_device(*vectors):
-    """One (k, n) float64 device array holding the k host vectors, sent once and cached.
+def vectors_to_device(ctx, *vectors, dtype=np.float64):
+    """One (k, n) device array (of ``dtype``, in context ``ctx``) holding the k host vectors,
+    sent once and cached.
 
     A vector may be ``("ones", n)`` or ``("zeros", n)``, standing for that constant vector."""
-    rows = [np.full(v[1], 1.0 if v[0] == "ones" else 0.0) if isinstance(v, tuple) else v for v in vectors]
-    shape = (len(rows), rows[0].shape[0])
+    key = (_pool.device_id(ctx), np.dtype(dtype).str) + tuple(
+        v if isinstance(v, tuple) else (v.dtype.str, v.tobytes()) for v in vectors)
     for i in range(len(_vector_cache) - 1, -1, -1):
-        host, device = _vector_cache[i]
-        if host.shape == shape and all(np.array_equal(h, r) for h, r in zip(host, rows)):
-            return device
-    host = np.ascontiguousarray(np.stack(rows), dtype=np.float64)
+        if _vector_cache[i][0] == key:
+            return _vector_cache[i][1]
+    rows = [np.full(v[1], 1.0 if v[0] == "ones" else 0.0) if isinstance(v, tuple) else v for v in vectors]
     if len(_vector_cache) >= _VECTOR_CACHE_SIZE:
         _vector_cache.pop(0)  # oldest first
-    device = cuda.to_device(host)
-    _vector_cache.append((host, device))
+    device = cuda.to_device(np.ascontiguousarray(np.stack(rows), dtype=dtype))
+    _vector_cache.append((key, device))
     return device
 
 
-def _affine_params(weight, bias, n):
+def _affine_params(ctx, weight, bias, n, dtype=np.float64):
     """Device rows (weight, bias), ones and zeros standing in for absent parameters."""
-    return vectors_to_device(("ones", n) if weight is None else weight,
-                             ("zeros", n) if bias is None else bias)
+    return vectors_to_device(ctx, ("ones", n) if weight is None else weight,
+                             ("zeros", n) if bias is None else bias, dtype=dtype)
+
+
+def _row_params_dtype(x_dtype, user_param_dtype):
+    """float32 parameter rows for float32 input when the user's parameters are float32 too (or
+    absent): exact, and half the bytes every row re-reads (the kernels compute in float64
+    either way); float64 otherwise."""
+    if np.dtype(x_dtype) == np.float32 and user_param_dtype in (None, np.dtype(np.float32)):
+        return np.float32
+    return np.float64
 
 
 def _elementwise_geometry(n_rows, n_cols, threads, target):
     """(grid, block) of the 2-D elementwise kernels: threads along the columns (a power of two
     up to ``threads`` that covers short rows), the rest of the block along the rows; at most
-    4 x ``target`` blocks, which loop over the rest."""
+    4 x ``target`` blocks, which loop over the rest (four rows at a time)."""
     tx = min(threads, 1 << max(_min_row_log2(), math.ceil(math.log2(n_cols))))
     ty = threads // tx
     gx = min(math.ceil(n_cols / tx), 4 * target)
@@ -133,26 +141,35 @@ class _BatchNormShape:
         self.x3 = (self.n_outer, self.n_ch, self.n_inner)
         if self.wide:  # rows of C * inner columns; column l is channel l // inner
             self.x2 = (self.n_outer, self.n_ch * self.n_inner)
-            self.row_channels, self.col_group = 1, self.n_inner
         else:          # rows of one inner run each; row r is channel r % C
             self.x2 = (self.n_outer * self.n_ch, self.n_inner)
-            self.row_channels, self.col_group = self.n_ch, self.n_inner
 
-    def partials(self, target, threads, block2d, run_kernel, wide_kernel, inputs, extra=()):
+    def elementwise(self, wide_kernel, runs_kernel, threads, target, *args):
+        """Launch an elementwise kernel; ``args``: device arrays of this shape, then the
+        coefficients, then the output (which must be an array of this shape too)."""
+        grid, block = _elementwise_geometry(*self.x2, threads, target)
+        *inputs, coef, out = args
+        views = [Shaped(a, self.x2) for a in inputs]
+        if self.wide:
+            launch(wide_kernel, grid, block, *views, coef, self.n_inner, Shaped(out, self.x2))
+        else:
+            launch(runs_kernel, grid, block, *views, coef, Shaped(out, self.x2))
+
+    def partials(self, ctx, target, threads, block2d, run_kernel, wide_kernel, inputs, extra=()):
         """Launch a partial-sums kernel on ``inputs`` (device arrays of this shape) and the
         ``extra`` arguments; returns the (2P, columns) float64 partials it fills."""
         if self.wide:
             n_cols = self.x2[1]
             col_blocks = math.ceil(n_cols / block2d[0])
             parts = max(1, min(math.ceil(self.n_outer / block2d[1]), target // col_blocks + 1))
-            partials = _pool.scratch("bn partials", (2 * parts, n_cols), np.float64)
+            partials = _pool.scratch("bn partials", (2 * parts, n_cols), np.float64, ctx)
             launch(wide_kernel, (col_blocks, parts), block2d, *(Shaped(a, self.x2) for a in inputs),
-                   *extra, self.col_group, partials)
+                   *extra, self.n_inner, partials)
         else:
             seg_len = threads * 4
             items = self.n_outer * math.ceil(self.n_inner / seg_len)
             parts = max(1, min(items, target // self.n_ch + 1))
-            partials = _pool.scratch("bn partials", (2 * parts, self.n_ch), np.float64)
+            partials = _pool.scratch("bn partials", (2 * parts, self.n_ch), np.float64, ctx)
             launch(run_kernel, (self.n_ch, parts), (threads,), *(Shaped(a, self.x3) for a in inputs),
                    *extra, seg_len, partials)
         return partials
@@ -176,24 +193,23 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     running_mean, running_var = args.running_mean, args.running_var
     threads, block2d, target = _geometry()
     geo = _BatchNormShape(tuple(xd.shape), axis)
+    ctx = _pool.current_context()
     if training:
         # stats rows: mean, biased variance, rstd; coef rows: mean, scale, shift
-        stats = _pool.empty((3, n_ch), np.float64)
-        coef = _pool.scratch("bn coef", (3, n_ch), np.float64)
-        partials = geo.partials(target, threads, block2d, bn.runs_shifted_sums_kernel,
+        stats = _pool.empty((3, n_ch), np.float64, ctx)
+        coef = _pool.scratch("bn coef", (3, n_ch), np.float64, ctx)
+        partials = geo.partials(ctx, target, threads, block2d, bn.runs_shifted_sums_kernel,
                                 bn.wide_shifted_sums_kernel, (xd,))
         launch(bn.finalize_stats_kernel, *_channel_grid(n_ch), partials, Shaped(xd, geo.x3),
-               float(count), float(args.eps), _affine_params(w, b, n_ch), coef, stats)
+               float(count), float(args.eps), _affine_params(ctx, w, b, n_ch), coef, stats)
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
         rstd, scale, shift = args.coefficients(var)
-        stats = vectors_to_device(mean, var, rstd)
-        coef = vectors_to_device(mean, scale, shift)
-    yd = _pool.empty(xd.shape, xd.dtype)
-    grid, block = _elementwise_geometry(*geo.x2, threads, target)
-    launch(bn.affine_kernel, grid, block, Shaped(xd, geo.x2), coef, geo.row_channels, geo.col_group,
-           Shaped(yd, geo.x2))
+        stats = vectors_to_device(ctx, mean, var, rstd)
+        coef = vectors_to_device(ctx, mean, scale, shift)
+    yd = _pool.empty(xd.shape, xd.dtype, ctx)
+    geo.elementwise(bn.affine_wide_kernel, bn.affine_runs_kernel, threads, target, xd, coef, yd)
     updated = False
     if training and running_mean is not None:
         host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
@@ -214,19 +230,19 @@ def batch_norm_backward(dy, saved):
         raise ValueError(f"{op}: dy has shape {tuple(dyd.shape)} but the forward's input had shape {saved.x_shape}")
     threads, block2d, target = _geometry()
     geo = _BatchNormShape(saved.x_shape, saved.axis)
+    ctx = _pool.current_context()
     n_ch = geo.n_ch
     stats = saved.mean  # the device (3, C) array of mean, variance, rstd
-    partials = geo.partials(target, threads, block2d, bn.runs_grad_sums_kernel,
+    partials = geo.partials(ctx, target, threads, block2d, bn.runs_grad_sums_kernel,
                             bn.wide_grad_sums_kernel, (dyd, saved.x), (stats,))
-    coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64)  # rows: mean, k, a, b
-    sums = _pool.scratch("bn grad sums", (2, n_ch), np.float64)  # rows: dbias, dweight
+    coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64, ctx)  # rows: mean, k, a, b
+    sums = _pool.scratch("bn grad sums", (2, n_ch), np.float64, ctx)  # rows: dbias, dweight
     launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
-           _affine_params(saved.weight, None, n_ch), 1.0 / saved.count, int(saved.batch_stats),
+           _affine_params(ctx, saved.weight, None, n_ch), 1.0 / saved.count, int(saved.batch_stats),
            coef, sums)
-    dxd = _pool.empty(saved.x_shape, saved.x.dtype)
-    grid, block = _elementwise_geometry(*geo.x2, threads, target)
-    launch(bn.grad_input_kernel, grid, block, Shaped(dyd, geo.x2), Shaped(saved.x, geo.x2), coef,
-           geo.row_channels, geo.col_group, Shaped(dxd, geo.x2))
+    dxd = _pool.empty(saved.x_shape, saved.x.dtype, ctx)
+    geo.elementwise(bn.grad_input_wide_kernel, bn.grad_input_runs_kernel, threads, target,
+                    dyd, saved.x, coef, dxd)
     dweight = dbias = None
     if saved.weight is not None or saved.has_bias:
         host_sums = sums.copy_to_host()
@@ -241,14 +257,18 @@ def batch_norm_backward(dy, saved):
 # LayerNorm
 # ------------------------------------------------------------------------------------------------
 
-def _row_geometry(n_rows, n_cols, threads, target):
-    """(grid, block, cached) of the row kernels: a power of two of threads per row from a warp
-    to ``threads``, about ln.CACHED values each, and as many rows per block as fill
-    ``threads``; ``cached`` when each thread's values fit the register-cached kernels."""
-    tx = min(threads, 1 << max(_min_row_log2(), math.ceil(math.log2(max(1, n_cols / ln.CACHED)))))
+def _row_geometry(n_rows, n_cols, threads, target, values_per_thread):
+    """(grid, block) of the row kernels: ``blockDim.x`` threads per row, a power of two from a
+    warp up, about ``values_per_thread`` values each (measured on an H200, 65536 x 1024: a warp
+    per row ran the forward in 0.22 ms, 128 threads in 0.31, 256 in 0.47; the backward was
+    fastest with 64), but more when there are too few rows to fill the GPU; and as many rows
+    per block as fill ``threads``."""
+    log2 = max(_min_row_log2(), math.ceil(math.log2(max(1, n_cols / values_per_thread))))
+    while (1 << log2) < threads and n_rows << log2 < target * 64:
+        log2 += 1
+    tx = min(threads, 1 << log2)
     ty = max(1, threads // tx)
-    grid = (max(1, min(math.ceil(n_rows / ty), target * 8)),)
-    return grid, (tx, ty), n_cols <= ln.CACHED * tx
+    return (max(1, min(math.ceil(n_rows / ty), target * 8)),), (tx, ty)
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps):
@@ -259,11 +279,12 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
     shape, w, b, n_cols = args.normalized_shape, args.weight, args.bias, args.cols
     rows2 = (xd.size // n_cols, n_cols)
     threads, _, target = _geometry()
-    yd = _pool.empty(xd.shape, xd.dtype)
-    stats = _pool.empty((2, rows2[0]), np.float64)  # rows: mean, rstd
-    grid, block, cached = _row_geometry(*rows2, threads, target)
-    launch(ln.forward_cached_kernel if cached else ln.forward_kernel, grid, block, Shaped(xd, rows2),
-           _affine_params(w, b, n_cols), float(args.eps), Shaped(yd, rows2), stats)
+    ctx = _pool.current_context()
+    yd = _pool.empty(xd.shape, xd.dtype, ctx)
+    stats = _pool.empty((2, rows2[0]), np.float64, ctx)  # rows: mean, rstd
+    params = _affine_params(ctx, w, b, n_cols, _row_params_dtype(xd.dtype, param_dtype(weight, bias)))
+    launch(ln.forward_kernel, *_row_geometry(*rows2, threads, target, 32), Shaped(xd, rows2), params,
+           float(args.eps), Shaped(yd, rows2), stats)
     saved = LayerNormSaved(
         backend="cuda", x=xd, x_shape=tuple(xd.shape), normalized_shape=shape, mean=stats, rstd=None,
         weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias), host_io=on_host)
@@ -282,17 +303,19 @@ def layer_norm_backward(dy, saved):
     threads, block2d, target = _geometry()
     stats = saved.mean  # the device (2, rows) array of mean and rstd
     x2, dy2 = Shaped(saved.x, rows2), Shaped(dyd, rows2)
-    dxd = _pool.empty(saved.x_shape, saved.x.dtype)
-    grid, block, cached = _row_geometry(*rows2, threads, target)
-    launch(ln.backward_dx_cached_kernel if cached else ln.backward_dx_kernel, grid, block, dy2, x2,
-           stats, _affine_params(saved.weight, None, n_cols), Shaped(dxd, rows2))
+    ctx = _pool.current_context()
+    dxd = _pool.empty(saved.x_shape, saved.x.dtype, ctx)
+    params = _affine_params(ctx, saved.weight, None, n_cols,
+                            _row_params_dtype(saved.x.dtype, saved.param_dtype))
+    launch(ln.backward_dx_kernel, *_row_geometry(*rows2, threads, target, 16), dy2, x2, stats, params,
+           Shaped(dxd, rows2))
     dweight = dbias = None
     if saved.weight is not None or saved.has_bias:
         col_blocks = math.ceil(n_cols / block2d[0])
         row_blocks = max(1, min(math.ceil(n_rows / block2d[1]), target // col_blocks + 1))
-        partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64)
+        partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64, ctx)
         launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials)
-        sums = _pool.scratch("ln sums", (2, n_cols), np.float64)
+        sums = _pool.scratch("ln sums", (2, n_cols), np.float64, ctx)
         launch(ln.sum_partials_kernel, *_channel_grid(n_cols), partials, sums)
         host_sums = sums.copy_to_host()
         if saved.weight is not None:
