@@ -29,26 +29,12 @@ CASES = [
 ]
 
 
-def event_time(fn, repeats):
-    """Median milliseconds of one fn() call between two CUDA events, after two warm-up calls:
-    the latency of a call, host work included whenever it exceeds the GPU's."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, stop = cuda.event(), cuda.event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cuda.event_elapsed_time(start, stop))
-    return statistics.median(times)
-
-
-def stream_time(fn, repeats, calls=10):
-    """Median over ``repeats`` of the milliseconds per call of ``calls`` back-to-back calls
-    between two events: the throughput of a loop, where host work overlaps the GPU's except
-    where a call waits for the GPU (normkit's copies of running statistics and gradients)."""
+def event_time(fn, repeats, calls=1):
+    """Median over ``repeats`` of the milliseconds per call of ``calls`` back-to-back fn() calls
+    between two CUDA events, after two warm-up calls. calls=1: the latency of a call, host work
+    included whenever it exceeds the GPU's. calls=10: the throughput of a loop, where host work
+    overlaps the GPU's except where a call waits for the GPU (normkit's copies of running
+    statistics and gradients)."""
     fn()
     fn()
     times = []
@@ -154,11 +140,11 @@ def main(argv=None):
         theirs = torch_calls(op, xd, dyd, c, axis) if have_torch else {}
         for pass_, fn in ours.items():
             ms = event_time(fn, args.repeats)
-            sms = stream_time(fn, args.repeats)
+            sms = event_time(fn, args.repeats, calls=10)
             tms = tsms = None
             if pass_ in theirs:
                 tms = event_time(theirs[pass_], args.repeats)
-                tsms = stream_time(theirs[pass_], args.repeats)
+                tsms = event_time(theirs[pass_], args.repeats, calls=10)
             gbs = (3 if pass_ == "backward" else 2) * x.nbytes / sms / 1e6
             name = f"{'LN' if op == 'layer_norm' else 'BN'} {'x'.join(map(str, shape))}" + \
                    (" axis=-1" if axis == -1 else "")

@@ -2,20 +2,21 @@
 
 Why: ``kernel[grid, block](*args)`` types every argument, converts each array to a strided
 memory view and re-checks the launch configuration on every call: 17 us for one array argument
-and 31 us for five on an H200 (measured), while a whole 64 MB LayerNorm takes the GPU ~40 us and
-PyTorch ~15 us of host time per call. normkit's kernels always get C-contiguous device arrays,
+and 66 us for a seven-argument kernel on an H200 (measured; 13 us through this module), while a
+whole 64 MB LayerNorm takes the GPU ~40 us and PyTorch ~20 us of host time per call. normkit's kernels always get C-contiguous device arrays,
 Python ints and floats, so after the first launch of a signature (through the dispatcher, which
 compiles it) this module passes the arguments in Numba's kernel ABI directly to ``cuda.core``'s
 ``launch``: per array (meminfo, parent, size, itemsize, data pointer, shape..., strides...).
 
-If numba-cuda's internals differ from what this expects (another version), or under the
-simulator, every launch goes through the dispatcher: slower, never wrong.
+If numba-cuda's internals differ from what this expects (another version; checked with 0.30.4),
+or under the simulator, every launch goes through the dispatcher: slower, never wrong.
 """
 
 import ctypes
 from typing import NamedTuple
 
 from numba import typeof
+
 
 class Shaped(NamedTuple):
     """A C-contiguous device array seen as ``shape`` (same size) by a kernel, without building a
@@ -84,12 +85,15 @@ def launch(dispatcher, grid, block, *args):
                        *_c_strides(shape, itemsize))
     key = tuple(key)
     kernel = _fast.get(key)
-    if kernel is None:
-        dispatcher[grid, block](*map(_numba_arg, args))
-        if key not in _fast:  # the first launch of this signature compiled it: look it up
-            _fast[key] = _core_kernel(dispatcher, args)
-        return
-    _core_launch(_default_stream(), _config(grid, block), kernel, *params)
+    if kernel is not None:
+        try:
+            _core_launch(_default_stream(), _config(grid, block), kernel, *params)
+            return
+        except Exception:  # cuda.core refused before launching: use the dispatcher from now on
+            _fast[key] = None
+    dispatcher[grid, block](*map(_numba_arg, args))
+    if key not in _fast:  # the first launch of this signature compiled it: look it up
+        _fast[key] = _core_kernel(dispatcher, args)
 
 
 def _c_strides(shape, itemsize):

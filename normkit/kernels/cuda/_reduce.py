@@ -42,6 +42,12 @@ _FULL_WARP = 0xFFFFFFFF
 
 
 @cuda.jit(device=True)
+def add4(s1, s2, d0, d1, d2, d3):
+    """(s1 + the sum of d0..d3, s2 + the sum of their squares): four values loaded together."""
+    return s1 + ((d0 + d1) + (d2 + d3)), s2 + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+
+
+@cuda.jit(device=True)
 def _row_sum2_shuffle(a, b, sa, sb):
     """As :func:`_row_sum2_tree`, by warp shuffles; rows of blockDim.x >= 32 threads (a power of
     two), so that every warp lies within one row."""

@@ -23,7 +23,7 @@ import math
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, block_partials, column_partials, partial_sums
+from ._reduce import BLOCK, add4, block_partials, column_partials, partial_sums
 
 WIDE_X, WIDE_Y = 32, 8  # block shape of the wide reduction kernels
 
@@ -46,8 +46,7 @@ def wide_shifted_sums_kernel(x, col_group, partials):
             d1 = float64(x[r + step, col]) - k
             d2 = float64(x[r + 2 * step, col]) - k
             d3 = float64(x[r + 3 * step, col]) - k
-            s1 += (d0 + d1) + (d2 + d3)
-            s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            s1, s2 = add4(s1, s2, d0, d1, d2, d3)
             r += 4 * step
         while r < n_rows:
             d0 = float64(x[r, col]) - k
@@ -122,8 +121,7 @@ def runs_shifted_sums_kernel(x, seg_len, partials):
             d1 = float64(x[o, c, i + step]) - k
             d2 = float64(x[o, c, i + 2 * step]) - k
             d3 = float64(x[o, c, i + 3 * step]) - k
-            s1 += (d0 + d1) + (d2 + d3)
-            s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            s1, s2 = add4(s1, s2, d0, d1, d2, d3)
             i += 4 * step
         while i < end:
             d0 = float64(x[o, c, i]) - k

@@ -15,7 +15,7 @@ import math
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, column_partials, partial_sums, row_sum2
+from ._reduce import BLOCK, add4, column_partials, partial_sums, row_sum2
 
 COL_X, ROW_Y = 32, 8
 
@@ -43,8 +43,7 @@ def forward_kernel(x, params, eps, out, stats):
                 d1 = float64(x[r, c + step]) - k
                 d2 = float64(x[r, c + 2 * step]) - k
                 d3 = float64(x[r, c + 3 * step]) - k
-                s1 += (d0 + d1) + (d2 + d3)
-                s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                s1, s2 = add4(s1, s2, d0, d1, d2, d3)
                 c += 4 * step
             while c < n_cols:
                 d0 = float64(x[r, c]) - k
