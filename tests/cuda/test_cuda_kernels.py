@@ -216,6 +216,21 @@ def test_pooled_outputs_are_never_handed_out_twice():
 
 
 @gpu_only
+def test_device_cache_of_zero_bytes_keeps_nothing(monkeypatch):
+    from normkit import config
+    from normkit.kernels.cuda import _pool
+    nk.empty_cache()
+    monkeypatch.setattr(config, "DEVICE_CACHE_BYTES", 0)
+    y, saved = F.layer_norm(cuda.to_device(np.ones((16, 8), np.float32)), 8)
+    del y, saved
+    assert _pool.cached_bytes() == 0
+    monkeypatch.setattr(config, "DEVICE_CACHE_BYTES", 1 << 20)
+    y, saved = F.layer_norm(cuda.to_device(np.ones((16, 8), np.float32)), 8)
+    del y, saved
+    assert _pool.cached_bytes() > 0  # the output and the statistics came back
+
+
+@gpu_only
 def test_launches_bypass_the_dispatcher_after_the_first():
     from normkit.kernels.cuda import _launcher
     from normkit.kernels.cuda import layernorm as ln

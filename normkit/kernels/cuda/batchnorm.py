@@ -6,7 +6,7 @@
   contiguous inner runs.
 
 Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first value (the CPU
-module explains why this is exact); blocks write partial sums, and a one-thread-per-channel
+module explains why this is exact); blocks write partial sums, and a one-warp-per-channel
 kernel turns them into the mean, variance and the coefficients of the elementwise pass, on the
 device: no host round trip between the two passes.
 
