@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from numba import typeof
 
+from . import simulator as _simulator
+
 
 class Shaped(NamedTuple):
     """A C-contiguous device array seen as ``shape`` (same size) by a kernel, without building a
@@ -31,11 +33,6 @@ _configs = {}   # (grid, block) -> cuda.core LaunchConfig
 
 def _numba_arg(a):
     return a.array.reshape(a.shape) if isinstance(a, Shaped) else a
-
-
-def _simulator():
-    from numba.core import config as numba_config
-    return numba_config.ENABLE_CUDASIM
 
 
 def _core_kernel(dispatcher, args):

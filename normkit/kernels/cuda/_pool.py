@@ -22,6 +22,7 @@ import numpy as np
 from numba import cuda
 
 from ... import config
+from . import simulator
 
 _SMALL = 1 << 20
 _lock = threading.RLock()   # re-entrant: finalizers can run from the GC while it is held
@@ -72,8 +73,7 @@ def device_id(ctx):
 def empty(shape, dtype, ctx):
     """An uninitialised device array in context ``ctx``, from the pool when a freed buffer of
     its size is there."""
-    from numba.core import config as numba_config
-    if numba_config.ENABLE_CUDASIM:
+    if simulator():
         return cuda.device_array(shape, dtype)
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
     from numba.cuda.cudadrv.driver import AutoFreePointer

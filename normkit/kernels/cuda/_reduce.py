@@ -7,7 +7,8 @@ sums; the kernels run unchanged on either, and tests/cuda runs on both.
 """
 
 from numba import cuda
-from numba.core import config as _numba_config
+
+from . import simulator
 
 BLOCK = 256  # threads per block (the shared arrays of row_sum2 hold one value per thread)
 
@@ -74,7 +75,7 @@ def _row_sum2_shuffle(a, b, sa, sb):
 
 
 # The simulator has no shuffles (see the module docstring).
-row_sum2 = _row_sum2_tree if _numba_config.ENABLE_CUDASIM else _row_sum2_shuffle
+row_sum2 = _row_sum2_tree if simulator() else _row_sum2_shuffle
 
 
 @cuda.jit(device=True)

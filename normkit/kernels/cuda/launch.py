@@ -24,15 +24,11 @@ from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved, param_dtype
 from ..cpu.batchnorm import RUN_MIN
 from . import _pool
+from . import simulator as _simulator
 from . import batchnorm as bn
 from . import layernorm as ln
 from ._launcher import Shaped, launch
 from ._reduce import BLOCK
-
-
-def _simulator():
-    from numba.core import config
-    return bool(config.ENABLE_CUDASIM)
 
 
 def _min_row_log2():
