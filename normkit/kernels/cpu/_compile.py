@@ -5,7 +5,7 @@ import types
 import numpy as np
 from numba import njit
 from numba import types as nb_types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ... import config
 from ... import _threading
@@ -54,6 +54,35 @@ def kernel(py_func):
 
 # Helpers called from kernels: compiled once, inlined into both builds.
 helper = njit(**OPTIONS)
+
+
+# LLVM's cost model for AVX-512 server cores prefers 256-bit vectors (the 'prefer-256-bit' tuning
+# flag), so Numba's loops use half the register width. For the float64 moment sums, which are
+# compute-bound (a float32 -> float64 conversion, a subtraction, an add and an FMA per value),
+# 512-bit vectors measured 10-15% faster (BN statistics) and, with the pipelined LayerNorm
+# forward, 1.3-1.6x; for the elementwise passes, which are memory-bound, they measured 0-10% slower,
+# so only the statistics loops ask for them. The request is the function attribute
+# "prefer-vector-width"="512" (what clang's -mprefer-vector-width=512 sets); on a CPU without
+# AVX-512 LLVM ignores it. llvmlite only accepts a fixed list of attribute names, hence the
+# direct set.add; if that ever fails, the kernel simply keeps 256-bit vectors.
+WIDE_VECTOR_ATTRIBUTE = '"prefer-vector-width"="512"'
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Call first in a ``prange`` body or a helper whose loops should use 512-bit vectors.
+
+    It marks the LLVM function being compiled: for a ``prange`` body the outlined parallel task,
+    not the kernel that launches it. A helper is vectorised on its own before it is inlined, so
+    it needs its own call. It generates no instructions.
+    """
+    def codegen(context, builder, signature, args):
+        try:
+            set.add(builder.function.attributes, WIDE_VECTOR_ATTRIBUTE)
+        except Exception:  # a future llvmlite with another attribute API: no wide vectors
+            pass
+        return context.get_dummy_value()
+    return nb_types.none(), codegen
 
 
 def cast_like(value, array):

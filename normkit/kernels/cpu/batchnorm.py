@@ -20,7 +20,7 @@ output's dtype with the mean split in two (see the comment before :func:`forward
 import numpy as np
 from numba import prange
 
-from ._compile import helper, kernel
+from ._compile import helper, kernel, wide_vectors
 
 # Tiles of the partial-sum passes: one tile is one parallel task and one row of partial sums,
 # COL_TILE columns wide (its partials stay in L1; measured best) and big enough that each of the
@@ -54,6 +54,74 @@ def elementwise_tile(n_cols):
 # Inner loops index 1-D row slices (x[r, c0:c1]) rather than x[r, c]: Numba then proves the
 # accesses contiguous and LLVM vectorises them (measured: 4x faster on (65536, 256) float32).
 
+@helper
+def _tile_shifted_sums(x, r0, r1, c0, c1, k, s1, s2):
+    """Add sum(x - k) and sum((x - k)^2) over rows r0:r1 of columns c0:c1 to s1 and s2."""
+    wide_vectors()  # see _compile.py: the moment sums are compute-bound
+    # Four rows per sweep, one from each quarter of the tile: the partial sums are updated
+    # once per four rows (the store port is out of the critical path) and the four rows are
+    # four sequential streams the hardware prefetcher follows. Four neighbouring rows
+    # instead confused it: measured 1.7x slower from DRAM, though faster in cache.
+    q = (r1 - r0) // 4
+    for r in range(r0, r0 + q):
+        x0, x1, x2, x3 = x[r, c0:c1], x[r + q, c0:c1], x[r + 2 * q, c0:c1], x[r + 3 * q, c0:c1]
+        for j in range(k.shape[0]):
+            d0 = x0[j] - k[j]
+            d1 = x1[j] - k[j]
+            d2 = x2[j] - k[j]
+            d3 = x3[j] - k[j]
+            s1[j] += (d0 + d1) + (d2 + d3)
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for r in range(r0 + 4 * q, r1):
+        xr = x[r, c0:c1]
+        for j in range(k.shape[0]):
+            d = xr[j] - k[j]
+            s1[j] += d
+            s2[j] += d * d
+
+
+@helper
+def _tile_affine(x, r0, r1, c0, c1, centre, scale, shift, out):
+    """out = (x - centre) * scale + shift over rows r0:r1 of columns c0:c1 (vectors of c1 - c0)."""
+    for r in range(r0, r1):
+        xr = x[r, c0:c1]
+        o = out[r, c0:c1]
+        for j in range(xr.shape[0]):
+            o[j] = (xr[j] - centre[j]) * scale[j] + shift[j]
+
+
+@helper
+def _tile_grad_sums(dy, x, r0, r1, c0, c1, mean, s1, s2):
+    """Add sum(dy) and sum(dy * (x - mean)) over rows r0:r1 of columns c0:c1 to s1 and s2."""
+    h = (r1 - r0) // 2
+    for r in range(r0, r0 + h):  # two rows per sweep, from the two halves of the tile
+        x0, x1 = x[r, c0:c1], x[r + h, c0:c1]  # (see _tile_shifted_sums)
+        g0, g1 = dy[r, c0:c1], dy[r + h, c0:c1]
+        for j in range(mean.shape[0]):
+            a0 = np.float64(g0[j])
+            a1 = np.float64(g1[j])
+            s1[j] += a0 + a1
+            s2[j] += a0 * (x0[j] - mean[j]) + a1 * (x1[j] - mean[j])
+    for r in range(r0 + 2 * h, r1):
+        xr = x[r, c0:c1]
+        gr = dy[r, c0:c1]
+        for j in range(mean.shape[0]):
+            g = np.float64(gr[j])
+            s1[j] += g
+            s2[j] += g * (xr[j] - mean[j])
+
+
+@helper
+def _tile_grad_input(dy, x, r0, r1, c0, c1, centre, k_dy, k_x, k_0, out):
+    """out = dy * k_dy + (x - centre) * k_x + k_0 over rows r0:r1 of columns c0:c1."""
+    for r in range(r0, r1):
+        xr = x[r, c0:c1]
+        gr = dy[r, c0:c1]
+        o = out[r, c0:c1]
+        for j in range(xr.shape[0]):
+            o[j] = gr[j] * k_dy[j] + ((xr[j] - centre[j]) * k_x[j] + k_0[j])
+
+
 @kernel
 def _wide_shifted_sums(x, shift, row_tile, col_tile):
     """Per row tile and column: sum(x - shift) and sum((x - shift)^2), each (n_row_tiles, cols)."""
@@ -66,31 +134,9 @@ def _wide_shifted_sums(x, shift, row_tile, col_tile):
         rt = t // n_ct
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
-        s1 = sums[rt, c0:c1]
-        s2 = squares[rt, c0:c1]
-        k = shift[c0:c1]
         r0 = rt * row_tile
-        r1 = min(r0 + row_tile, n_rows)
-        # Four rows per sweep, one from each quarter of the tile: the partial sums are updated
-        # once per four rows (the store port is out of the critical path) and the four rows are
-        # four sequential streams the hardware prefetcher follows. Four neighbouring rows
-        # instead confused it: measured 1.7x slower from DRAM, though faster in cache.
-        q = (r1 - r0) // 4
-        for r in range(r0, r0 + q):
-            x0, x1, x2, x3 = x[r, c0:c1], x[r + q, c0:c1], x[r + 2 * q, c0:c1], x[r + 3 * q, c0:c1]
-            for j in range(k.shape[0]):
-                d0 = x0[j] - k[j]
-                d1 = x1[j] - k[j]
-                d2 = x2[j] - k[j]
-                d3 = x3[j] - k[j]
-                s1[j] += (d0 + d1) + (d2 + d3)
-                s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for r in range(r0 + 4 * q, r1):
-            xr = x[r, c0:c1]
-            for j in range(k.shape[0]):
-                d = xr[j] - k[j]
-                s1[j] += d
-                s2[j] += d * d
+        _tile_shifted_sums(x, r0, min(r0 + row_tile, n_rows), c0, c1, shift[c0:c1],
+                           sums[rt, c0:c1], squares[rt, c0:c1])
     return sums, squares
 
 
@@ -102,15 +148,10 @@ def _wide_affine(x, centre, scale, shift, out, row_tile, col_tile):
     n_ct = (n_cols + col_tile - 1) // col_tile
     for t in prange(n_rt * n_ct):
         r0 = (t // n_ct) * row_tile
-        r1 = min(r0 + row_tile, n_rows)
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
-        m, k, h = centre[c0:c1], scale[c0:c1], shift[c0:c1]
-        for r in range(r0, r1):
-            xr = x[r, c0:c1]
-            o = out[r, c0:c1]
-            for j in range(xr.shape[0]):
-                o[j] = (xr[j] - m[j]) * k[j] + h[j]
+        _tile_affine(x, r0, min(r0 + row_tile, n_rows), c0, c1, centre[c0:c1], scale[c0:c1],
+                     shift[c0:c1], out)
 
 
 @kernel
@@ -126,26 +167,8 @@ def _wide_grad_sums(dy, x, mean, row_tile, col_tile):
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
         r0 = rt * row_tile
-        r1 = min(r0 + row_tile, n_rows)
-        s1 = sum_dy[rt, c0:c1]
-        s2 = sum_dy_xc[rt, c0:c1]
-        m = mean[c0:c1]
-        h = (r1 - r0) // 2
-        for r in range(r0, r0 + h):  # two rows per sweep, from the two halves of the tile
-            x0, x1 = x[r, c0:c1], x[r + h, c0:c1]  # (see _wide_shifted_sums)
-            g0, g1 = dy[r, c0:c1], dy[r + h, c0:c1]
-            for j in range(m.shape[0]):
-                a0 = np.float64(g0[j])
-                a1 = np.float64(g1[j])
-                s1[j] += a0 + a1
-                s2[j] += a0 * (x0[j] - m[j]) + a1 * (x1[j] - m[j])
-        for r in range(r0 + 2 * h, r1):
-            xr = x[r, c0:c1]
-            gr = dy[r, c0:c1]
-            for j in range(m.shape[0]):
-                g = np.float64(gr[j])
-                s1[j] += g
-                s2[j] += g * (xr[j] - m[j])
+        _tile_grad_sums(dy, x, r0, min(r0 + row_tile, n_rows), c0, c1, mean[c0:c1],
+                        sum_dy[rt, c0:c1], sum_dy_xc[rt, c0:c1])
     return sum_dy, sum_dy_xc
 
 
@@ -157,21 +180,52 @@ def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile):
     n_ct = (n_cols + col_tile - 1) // col_tile
     for t in prange(n_rt * n_ct):
         r0 = (t // n_ct) * row_tile
-        r1 = min(r0 + row_tile, n_rows)
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
-        m, a, b, z = centre[c0:c1], k_dy[c0:c1], k_x[c0:c1], k_0[c0:c1]
-        for r in range(r0, r1):
-            xr = x[r, c0:c1]
-            gr = dy[r, c0:c1]
-            o = out[r, c0:c1]
-            for j in range(xr.shape[0]):
-                o[j] = gr[j] * a[j] + ((xr[j] - m[j]) * b[j] + z[j])
+        _tile_grad_input(dy, x, r0, min(r0 + row_tile, n_rows), c0, c1, centre[c0:c1],
+                         k_dy[c0:c1], k_x[c0:c1], k_0[c0:c1], out)
 
 
 # ----------------------------------------------------------------------------------------------
 # "runs" layout: x is (outer, C, inner), inner runs long
 # ----------------------------------------------------------------------------------------------
+
+@helper
+def _run_shifted_sums(xs, k):
+    """sum(xs - k) and sum((xs - k)^2) of a 1-D run, in float64."""
+    wide_vectors()  # see _compile.py: the moment sums are compute-bound
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(xs.shape[0]):
+        d = xs[i] - k
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@helper
+def _run_affine(xs, out, centre, scale, shift):
+    for i in range(xs.shape[0]):
+        out[i] = (xs[i] - centre) * scale + shift
+
+
+@helper
+def _run_grad_sums(gs, xs, mean):
+    """sum(gs) and sum(gs * (xs - mean)) of 1-D runs, in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(xs.shape[0]):
+        g = np.float64(gs[i])
+        s1 += g
+        s2 += g * (xs[i] - mean)
+    return s1, s2
+
+
+@helper
+def _run_grad_input(gs, xs, out, centre, k_dy, k_x, k_0):
+    for i in range(xs.shape[0]):
+        out[i] = gs[i] * k_dy + ((xs[i] - centre) * k_x + k_0)
+
 
 @kernel
 def _runs_shifted_sums(x, shift, segment):
@@ -184,16 +238,9 @@ def _runs_shifted_sums(x, shift, segment):
         s = t % n_seg
         c = (t // n_seg) % n_ch
         o = t // (n_seg * n_ch)
-        xs = x[o, c, s * segment:min((s + 1) * segment, n_inner)]
-        k = shift[c]
-        s1 = 0.0
-        s2 = 0.0
-        for i in range(xs.shape[0]):
-            d = xs[i] - k
-            s1 += d
-            s2 += d * d
-        sums[o * n_seg + s, c] = s1
-        squares[o * n_seg + s, c] = s2
+        i0 = s * segment
+        sums[o * n_seg + s, c], squares[o * n_seg + s, c] = _run_shifted_sums(
+            x[o, c, i0:min(i0 + segment, n_inner)], shift[c])
     return sums, squares
 
 
@@ -208,13 +255,7 @@ def _runs_affine(x, centre, scale, shift, out, segment):
         o = t // (n_seg * n_ch)
         i0 = s * segment
         i1 = min(i0 + segment, n_inner)
-        mu = centre[c]
-        k = scale[c]
-        b = shift[c]
-        xs = x[o, c, i0:i1]
-        os = out[o, c, i0:i1]
-        for i in range(xs.shape[0]):
-            os[i] = (xs[i] - mu) * k + b
+        _run_affine(x[o, c, i0:i1], out[o, c, i0:i1], centre[c], scale[c], shift[c])
 
 
 @kernel
@@ -230,17 +271,8 @@ def _runs_grad_sums(dy, x, mean, segment):
         o = t // (n_seg * n_ch)
         i0 = s * segment
         i1 = min(i0 + segment, n_inner)
-        mu = mean[c]
-        xs = x[o, c, i0:i1]
-        gs = dy[o, c, i0:i1]
-        s1 = 0.0
-        s2 = 0.0
-        for i in range(xs.shape[0]):
-            g = np.float64(gs[i])
-            s1 += g
-            s2 += g * (xs[i] - mu)
-        sum_dy[o * n_seg + s, c] = s1
-        sum_dy_xc[o * n_seg + s, c] = s2
+        sum_dy[o * n_seg + s, c], sum_dy_xc[o * n_seg + s, c] = _run_grad_sums(
+            dy[o, c, i0:i1], x[o, c, i0:i1], mean[c])
     return sum_dy, sum_dy_xc
 
 
@@ -255,15 +287,8 @@ def _runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, segment):
         o = t // (n_seg * n_ch)
         i0 = s * segment
         i1 = min(i0 + segment, n_inner)
-        mu = centre[c]
-        a = k_dy[c]
-        b = k_x[c]
-        z = k_0[c]
-        xs = x[o, c, i0:i1]
-        gs = dy[o, c, i0:i1]
-        os = out[o, c, i0:i1]
-        for i in range(xs.shape[0]):
-            os[i] = gs[i] * a + ((xs[i] - mu) * b + z)
+        _run_grad_input(dy[o, c, i0:i1], x[o, c, i0:i1], out[o, c, i0:i1], centre[c], k_dy[c],
+                        k_x[c], k_0[c])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,38 +12,72 @@ import math
 import numpy as np
 from numba import prange
 
-from ._compile import cast_like, helper, kernel, split_like
+from ._compile import cast_like, helper, kernel, split_like, wide_vectors
 
 BACKWARD_CHUNKS = 16  # partial dweight/dbias rows; enough to keep 16 cores busy
 
 
+@helper
+def _shifted_sums(xr):
+    """(K, sum(x - K), sum((x - K)^2)) of one row in float64, K its first value."""
+    wide_vectors()
+    k = np.float64(xr[0])
+    s1 = 0.0
+    s2 = 0.0
+    for c in range(xr.shape[0]):
+        d = xr[c] - k
+        s1 += d
+        s2 += d * d
+    return k, s1, s2
+
+
 @kernel
-def _forward(x, weight, bias, eps, out, mean, rstd):
+def _forward(x, weight, bias, eps, out, mean, rstd, rows_per_task):
     n_rows, n_cols = x.shape
     inv_n = 1.0 / n_cols
-    for r in prange(n_rows):
-        xr = x[r]  # 1-D row views let LLVM vectorise (see batchnorm.py)
-        k = np.float64(xr[0])
-        s1 = 0.0
-        s2 = 0.0
-        for c in range(n_cols):
-            d = xr[c] - k
-            s1 += d
-            s2 += d * d
-        mean_d = s1 * inv_n
-        mu = k + mean_d
-        rs = 1.0 / math.sqrt(max(s2 * inv_n - mean_d * mean_d, 0.0) + eps)
-        o = out[r]
-        # Everything in the output's dtype (float32: twice the SIMD width of float64), with the
-        # mean split in two: its value in that dtype and the rest. x - mu_hi is exact near the
-        # mean (Sterbenz) and rounded once elsewhere, so a large mean costs no accuracy: a few
-        # ulps of the output, as when centring in float64 (measured 5-15% faster than that).
-        mu_hi, mu_lo = split_like(mu, out)
-        rs_out = cast_like(rs, out)
-        for c in range(n_cols):
-            o[c] = ((xr[c] - mu_hi) - mu_lo) * (rs_out * weight[c]) + bias[c]
-        mean[r] = mu
-        rstd[r] = rs
+    for t in prange((n_rows + rows_per_task - 1) // rows_per_task):
+        wide_vectors()
+        r0 = t * rows_per_task
+        r1 = min(r0 + rows_per_task, n_rows)
+        k, s1, s2 = _shifted_sums(x[r0])
+        for r in range(r0, r1):
+            mean_d = s1 * inv_n
+            mu = k + mean_d
+            rs = 1.0 / math.sqrt(max(s2 * inv_n - mean_d * mean_d, 0.0) + eps)
+            mean[r] = mu
+            rstd[r] = rs
+            xr = x[r]  # 1-D row views let LLVM vectorise (see batchnorm.py)
+            o = out[r]
+            # Everything in the output's dtype (float32: twice the SIMD width of float64), with the
+            # mean split in two: its value in that dtype and the rest. x - mu_hi is exact near the
+            # mean (Sterbenz) and rounded once elsewhere, so a large mean costs no accuracy: a few
+            # ulps of the output, as when centring in float64 (measured 5-15% faster than that).
+            mu_hi, mu_lo = split_like(mu, out)
+            rs_out = cast_like(rs, out)
+            if r + 1 < r1:
+                # Pipelined: row r's output (its values are in L1/L2 since its sums were taken)
+                # in the same loop as the next row's sums, so that the next row streams in from
+                # memory while this one is written, instead of the two waiting on each other:
+                # 1.1-1.8x on rows of 768-8192 values; the same speed on short rows.
+                xn = x[r + 1]
+                k = np.float64(xn[0])
+                s1 = 0.0
+                s2 = 0.0
+                for c in range(n_cols):
+                    o[c] = ((xr[c] - mu_hi) - mu_lo) * (rs_out * weight[c]) + bias[c]
+                    d = xn[c] - k
+                    s1 += d
+                    s2 += d * d
+            else:
+                for c in range(n_cols):
+                    o[c] = ((xr[c] - mu_hi) - mu_lo) * (rs_out * weight[c]) + bias[c]
+
+
+def forward_rows_per_task(n_rows):
+    """Rows per parallel task of the forward pass: at most 64 (each task's first row is summed
+    on its own, outside the pipeline), and at least 16 tasks when there are 16 rows. A function of
+    the shape alone, so that results do not depend on the thread count."""
+    return max(1, min(64, n_rows // 16))
 
 
 @helper
@@ -112,7 +146,8 @@ def forward(x, weight, bias, eps, out):
     ``weight``/``bias`` are float64 vectors, applied in the output's dtype."""
     mean = np.empty(x.shape[0])
     rstd = np.empty(x.shape[0])
-    _forward(x, weight.astype(out.dtype), bias.astype(out.dtype), eps, out, mean, rstd, work=x.size)
+    _forward(x, weight.astype(out.dtype), bias.astype(out.dtype), eps, out, mean, rstd,
+             forward_rows_per_task(x.shape[0]), work=x.size)
     return mean, rstd
 
 
