@@ -12,6 +12,12 @@
     :func:`normkit.empty_cache` releases them. Environment: ``NORMKIT_OUTPUT_CACHE_BYTES``.
 
 
+``ONE_PASS_BYTES``
+    The BatchNorm training forward and backward take their sums and write their output in one
+    pass over each channel (or band of columns) when that task reads at most this many bytes
+    (1 MiB: half the 2 MiB L2 cache per core of the machine measured; set it to about half of
+    yours). 0 turns the one-pass kernels off. Environment: ``NORMKIT_ONE_PASS_BYTES``.
+
 ``DEVICE_CACHE_BYTES``
     Freed device buffers of normkit's CUDA outputs and scratch arrays are kept for reuse, up to
     this many bytes (2 GiB; 0 turns the cache off): numba-cuda's allocation costs 24-135 us of
@@ -24,4 +30,5 @@ import os
 PARALLEL_MIN_ELEMENTS = int(os.environ.get("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 15))
 OUTPUT_CACHE_BYTES = int(os.environ.get("NORMKIT_OUTPUT_CACHE_BYTES", 512 << 20))
 OUTPUT_CACHE_MIN_BYTES = 32 << 20
+ONE_PASS_BYTES = int(os.environ.get("NORMKIT_ONE_PASS_BYTES", 1 << 20))
 DEVICE_CACHE_BYTES = int(os.environ.get("NORMKIT_DEVICE_CACHE_BYTES", 2 << 30))

@@ -83,18 +83,22 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     layout = batch_norm_layout(x, axis)
     xk = layout.view(x)
-    updated = False
-    if training:
-        mean, var = _bn_cpu.batch_stats(xk, layout.group)
-        if running_mean is not None:
-            updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
-                                           num_batches_tracked, op)
-    else:
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
-    rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, w, b, eps, x.dtype)
     yk, y = layout.empty(x.dtype)
-    _bn_cpu.affine(xk, coefficients, yk, layout.group)
+    updated = False
+    band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=1) if training else 0
+    if band:
+        mean, var, rstd = _bn_cpu.one_pass_forward(xk, w, b, eps, yk, band)
+    else:
+        if training:
+            mean, var = _bn_cpu.batch_stats(xk, layout.group)
+        else:
+            mean = running_mean.astype(np.float64)
+            var = running_var.astype(np.float64)
+        rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, w, b, eps, x.dtype)
+        _bn_cpu.affine(xk, coefficients, yk, layout.group)
+    if training and running_mean is not None:
+        updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
+                                       num_batches_tracked, op)
     saved = BatchNormSaved(
         backend="numba", x=xk, x_shape=x.shape, axis=axis, mean=mean, rstd=rstd, weight=w,
         has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
@@ -132,14 +136,20 @@ def batch_norm_backward(dy, saved):
 
     layout, xk, mean, rstd = saved.layout, saved.x, saved.mean, saved.rstd
     dyk = layout.view(dy)
-    if saved.batch_stats or saved.weight is not None or saved.has_bias:
-        sum_dy, sum_dy_xc = _bn_cpu.grad_sums(dyk, xk, mean, layout.group)
-    else:  # eval mode without affine parameters: dx = dy * rstd needs no sums
-        sum_dy = sum_dy_xc = np.zeros(mean.shape[0])
-    coefficients, dweight = _bn_cpu.backward_coefficients(
-        sum_dy, sum_dy_xc, mean, rstd, saved.weight, saved.count, saved.batch_stats, xk.dtype)
     dxk, dx = layout.empty(xk.dtype)
-    _bn_cpu.grad_input(dyk, xk, coefficients, dxk, layout.group)
+    needs_sums = saved.batch_stats or saved.weight is not None or saved.has_bias
+    band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=2) if needs_sums else 0
+    if band:
+        sum_dy, dweight = _bn_cpu.one_pass_backward(dyk, xk, mean, rstd, saved.weight, saved.count,
+                                                    saved.batch_stats, dxk, band)
+    else:
+        if needs_sums:
+            sum_dy, sum_dy_xc = _bn_cpu.grad_sums(dyk, xk, mean, layout.group)
+        else:  # eval mode without affine parameters: dx = dy * rstd needs no sums
+            sum_dy = sum_dy_xc = np.zeros(mean.shape[0])
+        coefficients, dweight = _bn_cpu.backward_coefficients(
+            sum_dy, sum_dy_xc, mean, rstd, saved.weight, saved.count, saved.batch_stats, xk.dtype)
+        _bn_cpu.grad_input(dyk, xk, coefficients, dxk, layout.group)
     dweight = None if saved.weight is None else dweight.astype(saved.param_dtype)
     dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
     return dx, dweight, dbias

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from normkit import config
 from normkit import functional as F
 from normkit import reference as R
+from normkit.kernels.cpu import batchnorm as bn_cpu
 
 from .conftest import assert_close
 from .gradcheck import numerical_grad
@@ -17,7 +19,16 @@ LAYOUTS = [
     ((64, 10), 1), ((2, 3), 1), ((37, 1), 1), ((5, 7, 3), 1), ((4, 6, 41), 1),
     ((3, 5, 7, 11), 1), ((2, 3, 9, 9), 1), ((3, 5, 4, 7), -1), ((2, 8, 8, 3), 3),
     ((13, 29), 0), ((7, 257), 0), ((300, 517), 1), ((2, 2, 17000), 1), ((1, 3, 40), 1),
+    ((3, 9, 40), 1), ((2, 16, 5, 7), 1),  # runs with channels enough for the one-pass kernels
 ]
+
+
+@pytest.fixture(params=["one-pass", "two-pass"])
+def bn_passes(request, monkeypatch):
+    """Run the test once with the one-pass training kernels wherever their shape rules allow
+    (any cache budget) and once with the two-pass kernels only."""
+    monkeypatch.setattr(config, "ONE_PASS_BYTES", 1 << 62 if request.param == "one-pass" else 0)
+    return request.param
 
 
 def _run_both(x, rng, axis, training, affine=True, dtype=np.float64):
@@ -35,7 +46,7 @@ def _run_both(x, rng, axis, training, affine=True, dtype=np.float64):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
 @pytest.mark.parametrize("training", [True, False])
-def test_forward_backward_match_reference(rng, kernel_build, shape, axis, dtype, training):
+def test_forward_backward_match_reference(rng, kernel_build, bn_passes, shape, axis, dtype, training):
     x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
     (yk, sk, state_k), (yr, sr, state_r) = _run_both(x, rng, axis, training, dtype=dtype)
     assert yk.dtype == x.dtype and yk.shape == x.shape
@@ -51,7 +62,7 @@ def test_forward_backward_match_reference(rng, kernel_build, shape, axis, dtype,
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_without_affine_and_running_stats(rng, kernel_build, affine):
+def test_without_affine_and_running_stats(rng, kernel_build, bn_passes, affine):
     x = rng.standard_normal((20, 6, 5))
     c = 6
     w = rng.standard_normal(c) if affine else None
@@ -66,8 +77,9 @@ def test_without_affine_and_running_stats(rng, kernel_build, affine):
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0)])
-def test_kernel_gradients_by_finite_differences(rng, kernel_build, shape, axis, training):
+@pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
+                                        ((2, 8, 33), 1)])
+def test_kernel_gradients_by_finite_differences(rng, kernel_build, bn_passes, shape, axis, training):
     x = rng.standard_normal(shape) * 2 + 1
     c = shape[axis]
     w, b = rng.standard_normal(c), rng.standard_normal(c)
@@ -146,7 +158,7 @@ def test_views_are_not_copied_and_memory_order_is_kept(rng):
 
 @pytest.mark.parametrize("shift", [1e4, 1e6])
 @pytest.mark.parametrize("shape,axis", [((4096, 64), 1), ((16, 8, 300), 1), ((2000, 16), 0)])
-def test_large_mean_float32_is_exact(rng, kernel_build, shift, shape, axis):
+def test_large_mean_float32_is_exact(rng, kernel_build, bn_passes, shift, shape, axis):
     """float32 input with a large mean: output within 1e-5 of float64 maths on the same values."""
     x = (rng.standard_normal(shape) + shift).astype(np.float32)
     y, saved = F.batch_norm(x, None, None, training=True, axis=axis)
@@ -160,7 +172,7 @@ def test_large_mean_float32_is_exact(rng, kernel_build, shift, shape, axis):
     assert np.abs(F.batch_norm_backward(dy, saved)[0] - dx_exact).max() < 1e-5 * np.abs(dx_exact).max()
 
 
-def test_constant_and_tiny_variance_inputs(rng, kernel_build):
+def test_constant_and_tiny_variance_inputs(rng, kernel_build, bn_passes):
     x = np.full((32, 4), 3.5, dtype=np.float32)
     b = rng.standard_normal(4)
     y, saved = F.batch_norm(x, None, None, None, b, training=True)
@@ -172,6 +184,47 @@ def test_constant_and_tiny_variance_inputs(rng, kernel_build):
     yr, _ = R.batch_norm(tiny, None, None, training=True, eps=1e-12)
     np.testing.assert_allclose(yk, yr, atol=2e-5)
     assert abs(yk.std() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("shape,group,n_inputs,expected", [
+    ((32, 64, 3136), 1, 2, 1),      # NCHW (32, 64, 56, 56): 784 KiB of x and dy per channel
+    ((32, 64, 12544), 1, 1, 0),     # (32, 64, 112, 112): 1.5 MiB of x per channel
+    ((8, 3, 1024), 1, 1, 0),        # three channels: too few tasks
+    ((256, 8192), 1, 1, 1024),      # small-batch (N, C): bands of 1 MiB, 8 of them
+    ((256, 8192), 1, 2, 512),
+    ((64, 10), 1, 1, 128),          # narrow: the whole array is one band
+    ((65536, 256), 1, 1, 0),        # a band of 128 columns would be 32 MiB
+    ((100352, 64), 1, 1, 0),        # channels-last (32, 56, 56, 64)
+    ((64, 40), 8, 1, 0),            # a channel spread over 8 columns
+])
+def test_one_pass_kernels_apply_where_a_task_fits_in_cache(shape, group, n_inputs, expected):
+    assert config.ONE_PASS_BYTES == 1 << 20
+    x = np.empty(shape, np.float32)
+    assert bn_cpu.one_pass_band(x, group, n_inputs) == expected
+
+
+def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
+    """The parallel kernels split work by shape, not by thread count: bit-identical results."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.fail("needs a machine with at least 2 cores (CI machines have 2)")
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    cases = [((64, 24, 40), 1), ((3000, 40), 1), ((20, 5, 6, 24), -1), ((512, 700), 1)]
+    for one_pass_bytes in (0, 1 << 20):
+        monkeypatch.setattr(config, "ONE_PASS_BYTES", one_pass_bytes)
+        for shape, axis in cases:
+            x = (rng.standard_normal(shape) + 3).astype(np.float32)
+            dy = rng.standard_normal(shape).astype(np.float32)
+            results = []
+            for threads in (1, 2):
+                numba.set_num_threads(threads)
+                try:
+                    y, saved = F.batch_norm(x, None, None, training=True, axis=axis)
+                    results.append((y, saved.mean, saved.rstd, *F.batch_norm_backward(dy, saved)))
+                finally:
+                    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            for a, b in zip(*results):
+                assert a is None and b is None or np.array_equal(a, b), (shape, one_pass_bytes)
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

@@ -119,3 +119,27 @@ def test_any_shape_and_memory_order_matches_reference(shape, data, seed, transpo
     for got, want in zip(F.layer_norm_backward(dy, saved), R.layer_norm_backward(dy, sr)):
         if want is not None:
             np.testing.assert_allclose(got, want, atol=1e-8)
+
+
+def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
+    """Rows are split into tasks by shape, not by thread count: bit-identical results."""
+    import numba
+
+    from normkit import config
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.fail("needs a machine with at least 2 cores (CI machines have 2)")
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    for shape in [(37, 300), (1000, 64), (8, 5000)]:
+        x = (rng.standard_normal(shape) + 3).astype(np.float32)
+        w, b = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+        dy = rng.standard_normal(shape).astype(np.float32)
+        results = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            try:
+                y, saved = F.layer_norm(x, shape[1], w, b)
+                results.append((y, saved.mean, saved.rstd, *F.layer_norm_backward(dy, saved)))
+            finally:
+                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        for got, want in zip(*results):
+            assert np.array_equal(got, want), shape

@@ -20,6 +20,7 @@ output's dtype with the mean split in two (see the comment before :func:`forward
 import numpy as np
 from numba import prange
 
+from ... import config
 from ._compile import helper, kernel, wide_vectors
 
 # Tiles of the partial-sum passes: one tile is one parallel task and one row of partial sums,
@@ -310,11 +311,16 @@ def moments_from_partials(shift, sums, squares, count):
     var = np.empty_like(sum_d)
     inv_count = 1.0 / count  # a multiply per column vectorises better than a divide
     for j in range(sum_d.shape[0]):
-        mean_d = sum_d[j] * inv_count
-        v = sum_d2[j] * inv_count - mean_d * mean_d
-        mean[j] = shift[j] + mean_d
-        var[j] = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
+        mean[j], var[j] = _moments(shift[j], sum_d[j], sum_d2[j], inv_count)
     return mean, var
+
+
+@helper
+def _moments(shift, sum_d, sum_d2, inv_count):
+    """Mean and biased variance from sum(d) and sum(d^2), d = x - shift, over 1 / inv_count values."""
+    mean_d = sum_d * inv_count
+    v = sum_d2 * inv_count - mean_d * mean_d
+    return shift + mean_d, 0.0 if v < 0.0 else v  # written so that NaN stays NaN
 
 
 def combine_moments(counts, means, variances):
@@ -442,3 +448,140 @@ def grad_input(dy, x, coefficients, out, group):
         _wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1]), work=x.size)
     else:
         _runs_grad_input(dy, x, *cols, out, SEGMENT, work=x.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# One-pass kernels: when one task's share of the data fits in a core's L2 cache (a channel of an
+# NCHW batch, a band of columns of a small-batch (N, C) array), the task takes its statistics or
+# gradient sums and then writes its output at once, so the second pass reads from L2 instead of
+# memory: 1.3-1.7x on the BatchNorm training forward and backward (measured on (32, 64, 56, 56)
+# and (256, 8192) float32). The coefficients come from the same helpers as the two-pass path,
+# called on one-element (runs) or one-band (wide) slices.
+# ----------------------------------------------------------------------------------------------
+
+ONE_PASS_MIN_TASKS = 8     # channels (runs) needed, bands (wide) aimed for: tasks to spread
+ONE_PASS_MIN_COLS = 128    # narrowest band (unless the array is narrower): shorter pieces
+                           # of rows are too short for the prefetcher to stream
+
+
+@kernel
+def _runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift):
+    n_outer, n_ch, n_inner = x.shape
+    inv_count = 1.0 / (n_outer * n_inner)
+    for c in prange(n_ch):
+        k = np.float64(x[0, c, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for o in range(n_outer):
+            a1, a2 = _run_shifted_sums(x[o, c], k)
+            s1 += a1
+            s2 += a2
+        mean[c], var[c] = _moments(k, s1, s2, inv_count)
+        _fill_forward(mean[c:c + 1], var[c:c + 1], weight[c:c + 1], bias[c:c + 1], eps,
+                      rstd[c:c + 1], centre[c:c + 1], scale[c:c + 1], shift[c:c + 1])
+        for o in range(n_outer):
+            _run_affine(x[o, c], out[o, c], centre[c], scale[c], shift[c])
+
+
+@kernel
+def _wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band):
+    n_rows, n_cols = x.shape
+    inv_count = 1.0 / n_rows
+    for t in prange((n_cols + band - 1) // band):
+        c0 = t * band
+        c1 = min(c0 + band, n_cols)
+        k = x[0, c0:c1].astype(np.float64)
+        s1 = np.zeros(c1 - c0)
+        s2 = np.zeros(c1 - c0)
+        _tile_shifted_sums(x, 0, n_rows, c0, c1, k, s1, s2)
+        for j in range(c1 - c0):
+            mean[c0 + j], var[c0 + j] = _moments(k[j], s1[j], s2[j], inv_count)
+        _fill_forward(mean[c0:c1], var[c0:c1], weight[c0:c1], bias[c0:c1], eps,
+                      rstd[c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1])
+        _tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out)
+
+
+@kernel
+def _runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
+                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight):
+    n_outer, n_ch, n_inner = x.shape
+    for c in prange(n_ch):
+        s1 = 0.0
+        s2 = 0.0
+        for o in range(n_outer):
+            a1, a2 = _run_grad_sums(dy[o, c], x[o, c], mean[c])
+            s1 += a1
+            s2 += a2
+        sum_dy[c] = s1
+        sum_dy_xc[c] = s2
+        _fill_backward(sum_dy[c:c + 1], sum_dy_xc[c:c + 1], mean[c:c + 1], rstd[c:c + 1],
+                       weight[c:c + 1], inv_count, batch_stats, centre[c:c + 1], k_dy[c:c + 1],
+                       k_x[c:c + 1], k_0[c:c + 1], dweight[c:c + 1])
+        for o in range(n_outer):
+            _run_grad_input(dy[o, c], x[o, c], out[o, c], centre[c], k_dy[c], k_x[c], k_0[c])
+
+
+@kernel
+def _wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
+                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band):
+    n_rows, n_cols = x.shape
+    for t in prange((n_cols + band - 1) // band):
+        c0 = t * band
+        c1 = min(c0 + band, n_cols)
+        sum_dy[c0:c1] = 0.0
+        sum_dy_xc[c0:c1] = 0.0
+        _tile_grad_sums(dy, x, 0, n_rows, c0, c1, mean[c0:c1], sum_dy[c0:c1], sum_dy_xc[c0:c1])
+        _fill_backward(sum_dy[c0:c1], sum_dy_xc[c0:c1], mean[c0:c1], rstd[c0:c1], weight[c0:c1],
+                       inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                       k_0[c0:c1], dweight[c0:c1])
+        _tile_grad_input(dy, x, 0, n_rows, c0, c1, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                         k_0[c0:c1], out)
+
+
+def one_pass_band(x, group, n_inputs):
+    """How the one-pass kernels would split ``x`` (``n_inputs`` arrays of its shape are read):
+    1 for runs (a channel per task), the columns per task for the wide layout, or 0 when they do
+    not apply. A function of the shape alone, so results do not depend on the thread count."""
+    bytes_per_value = x.itemsize * n_inputs
+    if x.ndim == 3:
+        fits = x.shape[0] * x.shape[2] * bytes_per_value <= config.ONE_PASS_BYTES
+        return 1 if fits and x.shape[1] >= ONE_PASS_MIN_TASKS else 0
+    if group != 1:  # a channel's columns would have to stay in one band
+        return 0
+    n_rows, n_cols = x.shape
+    fit = config.ONE_PASS_BYTES // (n_rows * bytes_per_value)
+    band = min(fit, max(-(-n_cols // ONE_PASS_MIN_TASKS), ONE_PASS_MIN_COLS)) // 16 * 16
+    return band if band >= min(n_cols, ONE_PASS_MIN_COLS) else 0
+
+
+def one_pass_forward(x, weight, bias, eps, out, band):
+    """Training forward in one pass (see :func:`one_pass_band`): writes ``out`` and returns the
+    batch mean, biased variance and rstd per channel (float64)."""
+    n = x.shape[1]
+    mean, var, rstd = np.empty(n), np.empty(n), np.empty(n)
+    coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-channel scratch
+    weight = _NONE if weight is None else weight
+    bias = _NONE if bias is None else bias
+    if x.ndim == 3:
+        _runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
+                               work=x.size)
+    else:
+        _wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
+                               band, work=x.size)
+    return mean, var, rstd
+
+
+def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
+    """Backward in one pass (see :func:`one_pass_band`): writes dx into ``out`` and returns
+    sum(dy) and dweight per channel (float64), as :func:`grad_sums` and
+    :func:`backward_coefficients` would."""
+    n = x.shape[1]
+    sum_dy, sum_dy_xc, dweight = np.empty(n), np.empty(n), np.empty(n)
+    coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-channel scratch
+    args = (dy, x, mean, rstd, _NONE if weight is None else weight, 1.0 / count, bool(batch_stats),
+            out, sum_dy, sum_dy_xc, *coefficients, dweight)
+    if x.ndim == 3:
+        _runs_one_pass_backward(*args, work=x.size)
+    else:
+        _wide_one_pass_backward(*args, band, work=x.size)
+    return sum_dy, dweight
