@@ -192,8 +192,11 @@ def test_constant_and_tiny_variance_inputs(rng, kernel_build, bn_passes):
     ((8, 3, 1024), 1, 1, 0),        # three channels: too few tasks
     ((256, 8192), 1, 1, 1024),      # small-batch (N, C): bands of 1 MiB, 8 of them
     ((256, 8192), 1, 2, 512),
-    ((64, 10), 1, 1, 128),          # narrow: the whole array is one band
-    ((65536, 256), 1, 1, 0),        # a band of 128 columns would be 32 MiB
+    ((64, 10), 1, 1, 512),          # narrow: the whole array is one band
+    ((512, 4096), 1, 1, 512),
+    ((512, 4096), 1, 2, 0),         # bands of 256 columns: too narrow
+    ((1024, 1024), 1, 1, 0),
+    ((65536, 256), 1, 1, 0),        # a band of 256 columns would be 64 MiB
     ((100352, 64), 1, 1, 0),        # channels-last (32, 56, 56, 64)
     ((64, 40), 8, 1, 0),            # a channel spread over 8 columns
 ])
