@@ -97,11 +97,13 @@ def _backward(dy, x, mean, rstd, weight, out, n_chunks):
     n_rows, n_cols = x.shape
     inv_n = 1.0 / n_cols
     rows_per_chunk = (n_rows + n_chunks - 1) // n_chunks
-    dweight = np.zeros((n_chunks, n_cols))
-    dbias = np.zeros((n_chunks, n_cols))
+    dweight = np.empty((n_chunks, n_cols))
+    dbias = np.empty((n_chunks, n_cols))
     for k in prange(n_chunks):
         dw = dweight[k]
         db = dbias[k]
+        dw[:] = 0.0  # zeroed here, in parallel and into this core's cache
+        db[:] = 0.0
         r0 = k * rows_per_chunk
         r1 = min(r0 + rows_per_chunk, n_rows)
         # Two rows per sweep, one from each half of the chunk: dweight/dbias partials are updated
@@ -138,7 +140,17 @@ def _backward(dy, x, mean, rstd, weight, out, n_chunks):
                 o[c] = rs * (g * weight[c] - a - xhat * b)
                 dw[c] += g * xhat
                 db[c] += g
-    return dweight, dbias
+    return _sum_rows(dweight), _sum_rows(dbias)
+
+
+@helper
+def _sum_rows(partials):
+    """The column sums of ``partials``, rows added in order (a tenth of a wide backward's time as
+    NumPy calls after the kernel: 16 x 8192 partials)."""
+    total = partials[0].copy()
+    for k in range(1, partials.shape[0]):
+        total += partials[k]
+    return total
 
 
 def forward(x, weight, bias, eps, out):
@@ -154,5 +166,4 @@ def forward(x, weight, bias, eps, out):
 def backward(dy, x, mean, rstd, weight, out):
     """Write dx into ``out``; return dweight and dbias (float64, one value per column)."""
     n_chunks = min(BACKWARD_CHUNKS, x.shape[0])
-    dweight, dbias = _backward(dy, x, mean, rstd, weight, out, n_chunks, work=x.size)
-    return dweight.sum(axis=0), dbias.sum(axis=0)
+    return _backward(dy, x, mean, rstd, weight, out, n_chunks, work=x.size)
