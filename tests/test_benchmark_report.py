@@ -12,6 +12,7 @@ def test_quick_report_has_every_case_and_pass(tmp_path):
     for row in result["rows"]:
         assert row["normkit_ms"] > 0 and row["numpy_ms"] > 0 and row["gbs"] > 0
         assert row["speedup_vs_numpy"] == row["numpy_ms"] / row["normkit_ms"]
+        assert row["same_size_copy_fraction"] == row["gbs"] / row["same_size_copy_gbs"] > 0
     assert result["copy_gbs"] > 0
     benchmark.save(result, tmp_path / "r.json", tmp_path / "r.md")
     assert json.loads((tmp_path / "r.json").read_text())["rows"][0]["case"] == result["rows"][0]["case"]
