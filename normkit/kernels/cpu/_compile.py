@@ -57,14 +57,15 @@ helper = njit(**OPTIONS)
 
 
 # LLVM's cost model for AVX-512 server cores prefers 256-bit vectors (the 'prefer-256-bit' tuning
-# flag), so Numba's loops use half the register width. For the float64 moment sums, which are
-# compute-bound (a float32 -> float64 conversion, a subtraction, an add and an FMA per value),
-# 512-bit vectors measured 10-15% faster (BN statistics) and, with the pipelined LayerNorm
-# forward, 1.3-1.6x; for the elementwise passes, which are memory-bound, they measured 0-10% slower,
-# so only the statistics loops ask for them. The request is the function attribute
-# "prefer-vector-width"="512" (what clang's -mprefer-vector-width=512 sets); on a CPU without
-# AVX-512 LLVM ignores it. llvmlite only accepts a fixed list of attribute names, hence the
-# direct set.add; if that ever fails, the kernel simply keeps 256-bit vectors.
+# flag), so Numba's loops use half the register width. The float64 moment sums are compute-bound
+# (a float32 -> float64 conversion, a subtraction, an add and an FMA per value): 512-bit vectors
+# measured 6-15% faster on the BN statistics passes, and the pipelined LayerNorm forward, whose
+# one loop both sums a row and writes the previous one, gained 10-20% more with them. The
+# elementwise passes are memory-bound and measured 0-13% slower with them (AVX-512 costs clock),
+# the LayerNorm backward 5-24% slower in float64, so those loops do not ask. The request is the
+# function attribute "prefer-vector-width"="512" (what clang's -mprefer-vector-width=512 sets);
+# on a CPU without AVX-512 LLVM ignores it. llvmlite only accepts a fixed list of attribute names,
+# hence the direct set.add; if that ever fails, the kernel simply keeps 256-bit vectors.
 WIDE_VECTOR_ATTRIBUTE = '"prefer-vector-width"="512"'
 
 

@@ -192,8 +192,8 @@ def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile):
 # ----------------------------------------------------------------------------------------------
 
 @helper
-def _run_shifted_sums(xs, k):
-    """sum(xs - k) and sum((xs - k)^2) of a 1-D run, in float64."""
+def run_shifted_sums(xs, k):
+    """sum(xs - k) and sum((xs - k)^2) of a 1-D run, in float64 (also LayerNorm's row sums)."""
     wide_vectors()  # see _compile.py: the moment sums are compute-bound
     s1 = 0.0
     s2 = 0.0
@@ -240,7 +240,7 @@ def _runs_shifted_sums(x, shift, segment):
         c = (t // n_seg) % n_ch
         o = t // (n_seg * n_ch)
         i0 = s * segment
-        sums[o * n_seg + s, c], squares[o * n_seg + s, c] = _run_shifted_sums(
+        sums[o * n_seg + s, c], squares[o * n_seg + s, c] = run_shifted_sums(
             x[o, c, i0:min(i0 + segment, n_inner)], shift[c])
     return sums, squares
 
@@ -474,7 +474,7 @@ def _runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, s
         s1 = 0.0
         s2 = 0.0
         for o in range(n_outer):
-            a1, a2 = _run_shifted_sums(x[o, c], k)
+            a1, a2 = run_shifted_sums(x[o, c], k)
             s1 += a1
             s2 += a2
         mean[c], var[c] = _moments(k, s1, s2, inv_count)

@@ -13,22 +13,9 @@ import numpy as np
 from numba import prange
 
 from ._compile import cast_like, helper, kernel, split_like, wide_vectors
+from .batchnorm import run_shifted_sums
 
 BACKWARD_CHUNKS = 16  # partial dweight/dbias rows; enough to keep 16 cores busy
-
-
-@helper
-def _shifted_sums(xr):
-    """(K, sum(x - K), sum((x - K)^2)) of one row in float64, K its first value."""
-    wide_vectors()
-    k = np.float64(xr[0])
-    s1 = 0.0
-    s2 = 0.0
-    for c in range(xr.shape[0]):
-        d = xr[c] - k
-        s1 += d
-        s2 += d * d
-    return k, s1, s2
 
 
 @kernel
@@ -39,7 +26,8 @@ def _forward(x, weight, bias, eps, out, mean, rstd, rows_per_task):
         wide_vectors()
         r0 = t * rows_per_task
         r1 = min(r0 + rows_per_task, n_rows)
-        k, s1, s2 = _shifted_sums(x[r0])
+        k = np.float64(x[r0, 0])
+        s1, s2 = run_shifted_sums(x[r0], k)
         for r in range(r0, r1):
             mean_d = s1 * inv_n
             mu = k + mean_d
@@ -108,7 +96,7 @@ def _backward(dy, x, mean, rstd, weight, out, n_chunks):
         r1 = min(r0 + rows_per_chunk, n_rows)
         # Two rows per sweep, one from each half of the chunk: dweight/dbias partials are updated
         # once per two rows, which halves the stores that bound this loop, and the rows are two
-        # separate sequential streams for the prefetcher (see batchnorm._wide_shifted_sums).
+        # separate sequential streams for the prefetcher (see batchnorm._tile_shifted_sums).
         h = max(r1 - r0, 0) // 2  # the last chunks can be empty (r0 > r1)
         for r in range(r0, r0 + h):
             x0, x1, g0, g1, o0, o1 = x[r], x[r + h], dy[r], dy[r + h], out[r], out[r + h]
