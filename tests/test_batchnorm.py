@@ -23,11 +23,21 @@ LAYOUTS = [
 ]
 
 
-@pytest.fixture(params=["one-pass", "two-pass"])
+def _stream_every_output(monkeypatch, on=True):
+    """Streaming stores for every output with a whole 64-byte line (normally >= 8 MiB outputs with
+    rows of >= 1 KiB), or for none."""
+    monkeypatch.setattr(config, "STREAM_MIN_BYTES", 1 if on else 0)
+    monkeypatch.setattr(bn_cpu, "STREAM_MIN_ROW_BYTES", 0)
+
+
+@pytest.fixture(params=["one-pass", "two-pass", "one-pass streamed", "two-pass streamed"])
 def bn_passes(request, monkeypatch):
-    """Run the test once with the one-pass training kernels wherever their shape rules allow
-    (any cache budget) and once with the two-pass kernels only."""
-    monkeypatch.setattr(config, "ONE_PASS_BYTES", 1 << 62 if request.param == "one-pass" else 0)
+    """Run the test with the one-pass training kernels wherever their shape rules allow (any
+    cache budget) and with the two-pass kernels only; each with ordinary stores and with
+    streaming stores for every output (see kernels/cpu/_streaming.py)."""
+    one_pass = request.param.startswith("one-pass")
+    monkeypatch.setattr(config, "ONE_PASS_BYTES", 1 << 62 if one_pass else 0)
+    _stream_every_output(monkeypatch, on=request.param.endswith("streamed"))
     return request.param
 
 
@@ -204,6 +214,39 @@ def test_one_pass_kernels_apply_where_a_task_fits_in_cache(shape, group, n_input
     assert config.ONE_PASS_BYTES == 1 << 20
     x = np.empty(shape, np.float32)
     assert bn_cpu.one_pass_band(x, group, n_inputs) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass):
+    """The line writers spell out the scalar loops' arithmetic: same bits, whatever the alignment
+    of each row (rows of 517 and runs of 41 or 1000 values start at every offset in a line)."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(config, "ONE_PASS_BYTES", 1 << 62 if one_pass else 0)
+    cases = [((300, 517), 1), ((4, 6, 41), 1), ((2, 9, 1000), 1), ((64, 256), 1), ((3, 5, 40, 32), -1)]
+    for shape, axis in cases:
+        x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        c = shape[axis]
+        w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+        results = []
+        for streamed in (False, True):
+            _stream_every_output(monkeypatch, on=streamed)
+            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+            y, saved = F.batch_norm(x, rm, rv, w, b, training=True, axis=axis)
+            y_eval, saved_eval = F.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+            results.append((y, y_eval, *F.batch_norm_backward(dy, saved),
+                            F.batch_norm_backward(dy, saved_eval)[0]))
+        for plain, streamed in zip(*results):
+            np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis)))
+
+
+def test_only_large_outputs_with_long_rows_stream():
+    assert config.STREAM_MIN_BYTES == 8 << 20
+    assert bn_cpu.streams(np.empty((32, 64, 3136), np.float32), np.empty((32, 64, 3136), np.float32))
+    assert bn_cpu.streams(np.empty((8192, 256)), np.empty((8192, 256)))  # 16 MiB, 2 KiB rows
+    assert not bn_cpu.streams(np.empty((1024, 1024), np.float32), np.empty((1024, 1024), np.float32))
+    assert not bn_cpu.streams(np.empty((100352, 64), np.float32), np.empty((100352, 64), np.float32))
 
 
 def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):

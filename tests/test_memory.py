@@ -81,10 +81,25 @@ def test_the_cache_is_bounded_and_can_be_emptied(cache, monkeypatch):
     assert isinstance(too_big.base, np.ndarray) or too_big.base is None
 
 
-def test_cache_off_gives_plain_arrays(monkeypatch):
+def test_cache_off_keeps_nothing(monkeypatch):
     monkeypatch.setattr(config, "OUTPUT_CACHE_BYTES", 0)
     a = _memory.empty((1 << 20,), np.float32)
-    assert a.base is None
+    assert isinstance(a.base, np.ndarray)  # a view of a plain NumPy block, not a cached buffer
+    del a
+    gc.collect()
+    assert _memory.cached_bytes() == 0
+
+
+@pytest.mark.parametrize("shape, dtype", [((3,), np.float32), ((7, 5), np.float64),
+                                          ((SMALL // 4,), np.float32), ((4 * SMALL // 8,), np.float64)])
+def test_outputs_start_on_a_cache_line(cache, shape, dtype):
+    # small (np.empty), cached and over-the-cache outputs alike; reused buffers too
+    for _ in range(2):
+        a = _memory.empty(shape, dtype)
+        assert _address(a) % 64 == 0 and a.shape == shape and a.flags.c_contiguous
+        a[...] = 1.0  # the whole array is writable memory of its own
+        del a
+        gc.collect()
 
 
 def test_layers_outputs_stay_independent_when_buffers_are_reused(cache, rng, kernel_build):

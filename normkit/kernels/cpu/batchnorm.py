@@ -21,7 +21,8 @@ import numpy as np
 from numba import prange
 
 from ... import config
-from ._compile import helper, kernel, wide_vectors
+from ._compile import helper, inline_helper, kernel, wide_vectors
+from ._streaming import at, end_streams, line_span, line_writer, part, worth_streaming
 
 # Tiles of the partial-sum passes: one tile is one parallel task and one row of partial sums,
 # COL_TILE columns wide (its partials stay in L1; measured best) and big enough that each of the
@@ -30,11 +31,13 @@ from ._compile import helper, kernel, wide_vectors
 COL_TILE = 1024
 TILE_ELEMENTS = 131072
 # Tiles of the elementwise passes (no partials to keep in cache): whole rows up to this many
-# columns, measured 10-20% faster than 1024-column tiles on (256, 8192).
+# columns, measured 10-20% faster than 1024-column tiles on (256, 8192). Runs-layout tasks cover
+# as many values (several short runs, or a stretch of a long one), so that a task that streams
+# its output (see _streaming.py) pays for its closing fence over at least 256 KiB.
 ELEMENTWISE_COL_TILE = 8192
 ELEMENTWISE_TILE_ELEMENTS = 65536
 RUN_MIN = 32            # inner runs at least this long use the "runs" kernels
-SEGMENT = 16384         # longest stretch of one run handled by one task
+SEGMENT = 16384         # longest stretch of one run in one task of the sum passes
 
 
 def row_tile_for(n_cols):
@@ -46,6 +49,90 @@ def elementwise_tile(n_cols):
     """(rows, columns) per elementwise tile for a wide array of ``n_cols`` columns."""
     cols = min(n_cols, ELEMENTWISE_COL_TILE)
     return max(1, ELEMENTWISE_TILE_ELEMENTS // cols), cols
+
+
+def elementwise_runs(n_inner):
+    """(runs, segment) per elementwise task for a runs array with inner runs of ``n_inner``."""
+    return max(1, ELEMENTWISE_TILE_ELEMENTS // n_inner), ELEMENTWISE_TILE_ELEMENTS
+
+
+# Rows (wide) or runs shorter than this are not streamed: finding the 64-byte lines of each row
+# costs more than streaming saves (rows of 64 float32 values: 0.6-0.9x; 256 values: 1.1-1.2x).
+STREAM_MIN_ROW_BYTES = 1024
+
+
+def streams(x, out):
+    """Whether an elementwise pass from ``x`` (wide or runs) into ``out`` streams its output."""
+    return worth_streaming(out) and x.shape[-1] * x.itemsize >= STREAM_MIN_ROW_BYTES
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise passes on one 1-D row or run: y = (x - centre) * scale + shift and
+# dx = dy * k_dy + (x - centre) * k_x + k_0, with per-channel scalars (runs) or per-column vectors
+# (wide). Outputs worth it are written with streaming stores (see _streaming.py): the scalar
+# loops write the values before the first 64-byte line and after the last whole one. The line
+# writers spell out the same arithmetic in the same order, so both round alike (tested).
+# ----------------------------------------------------------------------------------------------
+
+# (The scalar loops run from 0 over slices: an index from range(j0, j1) could be negative as far
+# as Numba knows, and the wraparound check it then adds stops LLVM vectorising the loop.)
+
+@inline_helper
+def _affine_values(x, centre, scale, shift, out):
+    for j in range(out.shape[0]):
+        out[j] = (x[j] - at(centre, j)) * at(scale, j) + at(shift, j)
+
+
+_affine_lines = line_writer(
+    lambda m, x, centre, scale, shift: m.add(m.mul(m.sub(x, centre), scale), shift))
+
+
+@inline_helper
+def _affine(x, centre, scale, shift, out, stream):
+    """out = (x - centre) * scale + shift, in out's dtype (see :func:`affine`)."""
+    start, stop, step = line_span(out, stream and x.strides[0] == x.itemsize)
+    if stop == 0:  # nothing to stream: one loop, no slicing (it costs on short rows)
+        _affine_values(x, centre, scale, shift, out)
+        return
+    if start:
+        _affine_values(x[:start], part(centre, 0, start), part(scale, 0, start),
+                       part(shift, 0, start), out[:start])
+    for j in range(start, stop, step):
+        _affine_lines(out, j, (x, centre, scale, shift))
+    n = out.shape[0]
+    if stop < n:
+        _affine_values(x[stop:], part(centre, stop, n), part(scale, stop, n),
+                       part(shift, stop, n), out[stop:])
+
+
+@inline_helper
+def _grad_input_values(dy, x, centre, k_dy, k_x, k_0, out):
+    for j in range(out.shape[0]):
+        out[j] = dy[j] * at(k_dy, j) + ((x[j] - at(centre, j)) * at(k_x, j) + at(k_0, j))
+
+
+_grad_input_lines = line_writer(
+    lambda m, dy, x, centre, k_dy, k_x, k_0:
+    m.add(m.mul(dy, k_dy), m.add(m.mul(m.sub(x, centre), k_x), k_0)))
+
+
+@inline_helper
+def _grad_input(dy, x, centre, k_dy, k_x, k_0, out, stream):
+    """out = dy * k_dy + (x - centre) * k_x + k_0, in out's dtype (see :func:`grad_input`)."""
+    unit_strides = x.strides[0] == x.itemsize and dy.strides[0] == dy.itemsize
+    start, stop, step = line_span(out, stream and unit_strides)
+    if stop == 0:
+        _grad_input_values(dy, x, centre, k_dy, k_x, k_0, out)
+        return
+    if start:
+        _grad_input_values(dy[:start], x[:start], part(centre, 0, start), part(k_dy, 0, start),
+                           part(k_x, 0, start), part(k_0, 0, start), out[:start])
+    for j in range(start, stop, step):
+        _grad_input_lines(out, j, (dy, x, centre, k_dy, k_x, k_0))
+    n = out.shape[0]
+    if stop < n:
+        _grad_input_values(dy[stop:], x[stop:], part(centre, stop, n), part(k_dy, stop, n),
+                           part(k_x, stop, n), part(k_0, stop, n), out[stop:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,13 +169,14 @@ def _tile_shifted_sums(x, r0, r1, c0, c1, k, s1, s2):
 
 
 @helper
-def _tile_affine(x, r0, r1, c0, c1, centre, scale, shift, out):
+def _tile_affine(x, r0, r1, c0, c1, centre, scale, shift, out, stream):
     """out = (x - centre) * scale + shift over rows r0:r1 of columns c0:c1 (vectors of c1 - c0)."""
-    for r in range(r0, r1):
-        xr = x[r, c0:c1]
-        o = out[r, c0:c1]
-        for j in range(xr.shape[0]):
-            o[j] = (xr[j] - centre[j]) * scale[j] + shift[j]
+    if stream:
+        for r in range(r0, r1):
+            _affine(x[r, c0:c1], centre, scale, shift, out[r, c0:c1], True)
+    else:  # without the streaming set-up, which costs on short rows
+        for r in range(r0, r1):
+            _affine_values(x[r, c0:c1], centre, scale, shift, out[r, c0:c1])
 
 
 @helper
@@ -113,14 +201,14 @@ def _tile_grad_sums(dy, x, r0, r1, c0, c1, mean, s1, s2):
 
 
 @helper
-def _tile_grad_input(dy, x, r0, r1, c0, c1, centre, k_dy, k_x, k_0, out):
+def _tile_grad_input(dy, x, r0, r1, c0, c1, centre, k_dy, k_x, k_0, out, stream):
     """out = dy * k_dy + (x - centre) * k_x + k_0 over rows r0:r1 of columns c0:c1."""
-    for r in range(r0, r1):
-        xr = x[r, c0:c1]
-        gr = dy[r, c0:c1]
-        o = out[r, c0:c1]
-        for j in range(xr.shape[0]):
-            o[j] = gr[j] * k_dy[j] + ((xr[j] - centre[j]) * k_x[j] + k_0[j])
+    if stream:
+        for r in range(r0, r1):
+            _grad_input(dy[r, c0:c1], x[r, c0:c1], centre, k_dy, k_x, k_0, out[r, c0:c1], True)
+    else:  # without the streaming set-up, which costs on short rows
+        for r in range(r0, r1):
+            _grad_input_values(dy[r, c0:c1], x[r, c0:c1], centre, k_dy, k_x, k_0, out[r, c0:c1])
 
 
 @kernel
@@ -142,7 +230,7 @@ def _wide_shifted_sums(x, shift, row_tile, col_tile):
 
 
 @kernel
-def _wide_affine(x, centre, scale, shift, out, row_tile, col_tile):
+def _wide_affine(x, centre, scale, shift, out, row_tile, col_tile, stream):
     """out = (x - centre) * scale + shift per column, in out's dtype (see :func:`affine`)."""
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
@@ -152,7 +240,9 @@ def _wide_affine(x, centre, scale, shift, out, row_tile, col_tile):
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
         _tile_affine(x, r0, min(r0 + row_tile, n_rows), c0, c1, centre[c0:c1], scale[c0:c1],
-                     shift[c0:c1], out)
+                     shift[c0:c1], out, stream)
+        if stream:
+            end_streams()
 
 
 @kernel
@@ -174,7 +264,7 @@ def _wide_grad_sums(dy, x, mean, row_tile, col_tile):
 
 
 @kernel
-def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile):
+def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile, stream):
     """out = dy * k_dy + (x - centre) * k_x + k_0 per column, in out's dtype (see :func:`grad_input`)."""
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
@@ -184,7 +274,9 @@ def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile):
         c0 = (t % n_ct) * col_tile
         c1 = min(c0 + col_tile, n_cols)
         _tile_grad_input(dy, x, r0, min(r0 + row_tile, n_rows), c0, c1, centre[c0:c1],
-                         k_dy[c0:c1], k_x[c0:c1], k_0[c0:c1], out)
+                         k_dy[c0:c1], k_x[c0:c1], k_0[c0:c1], out, stream)
+        if stream:
+            end_streams()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,12 +297,6 @@ def run_shifted_sums(xs, k):
 
 
 @helper
-def _run_affine(xs, out, centre, scale, shift):
-    for i in range(xs.shape[0]):
-        out[i] = (xs[i] - centre) * scale + shift
-
-
-@helper
 def _run_grad_sums(gs, xs, mean):
     """sum(gs) and sum(gs * (xs - mean)) of 1-D runs, in float64."""
     s1 = 0.0
@@ -220,12 +306,6 @@ def _run_grad_sums(gs, xs, mean):
         s1 += g
         s2 += g * (xs[i] - mean)
     return s1, s2
-
-
-@helper
-def _run_grad_input(gs, xs, out, centre, k_dy, k_x, k_0):
-    for i in range(xs.shape[0]):
-        out[i] = gs[i] * k_dy + ((xs[i] - centre) * k_x + k_0)
 
 
 @kernel
@@ -246,17 +326,20 @@ def _runs_shifted_sums(x, shift, segment):
 
 
 @kernel
-def _runs_affine(x, centre, scale, shift, out, segment):
+def _runs_affine(x, centre, scale, shift, out, runs_per_task, segment, stream):
     """out = (x - centre) * scale + shift per channel, in out's dtype (see :func:`affine`)."""
     n_outer, n_ch, n_inner = x.shape
+    n_runs = n_outer * n_ch
     n_seg = (n_inner + segment - 1) // segment
-    for t in prange(n_outer * n_ch * n_seg):
-        s = t % n_seg
-        c = (t // n_seg) % n_ch
-        o = t // (n_seg * n_ch)
-        i0 = s * segment
+    for t in prange((n_runs + runs_per_task - 1) // runs_per_task * n_seg):
+        i0 = (t % n_seg) * segment
         i1 = min(i0 + segment, n_inner)
-        _run_affine(x[o, c, i0:i1], out[o, c, i0:i1], centre[c], scale[c], shift[c])
+        first = (t // n_seg) * runs_per_task
+        for run in range(first, min(first + runs_per_task, n_runs)):
+            o, c = run // n_ch, run % n_ch
+            _affine(x[o, c, i0:i1], centre[c], scale[c], shift[c], out[o, c, i0:i1], stream)
+        if stream:
+            end_streams()
 
 
 @kernel
@@ -278,18 +361,21 @@ def _runs_grad_sums(dy, x, mean, segment):
 
 
 @kernel
-def _runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, segment):
+def _runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task, segment, stream):
     """out = dy * k_dy + (x - centre) * k_x + k_0 per channel, in out's dtype (see :func:`grad_input`)."""
     n_outer, n_ch, n_inner = x.shape
+    n_runs = n_outer * n_ch
     n_seg = (n_inner + segment - 1) // segment
-    for t in prange(n_outer * n_ch * n_seg):
-        s = t % n_seg
-        c = (t // n_seg) % n_ch
-        o = t // (n_seg * n_ch)
-        i0 = s * segment
+    for t in prange((n_runs + runs_per_task - 1) // runs_per_task * n_seg):
+        i0 = (t % n_seg) * segment
         i1 = min(i0 + segment, n_inner)
-        _run_grad_input(dy[o, c, i0:i1], x[o, c, i0:i1], out[o, c, i0:i1], centre[c], k_dy[c],
-                        k_x[c], k_0[c])
+        first = (t // n_seg) * runs_per_task
+        for run in range(first, min(first + runs_per_task, n_runs)):
+            o, c = run // n_ch, run % n_ch
+            _grad_input(dy[o, c, i0:i1], x[o, c, i0:i1], centre[c], k_dy[c], k_x[c], k_0[c],
+                        out[o, c, i0:i1], stream)
+        if stream:
+            end_streams()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,10 +479,13 @@ def forward_coefficients(mean, var, weight, bias, eps, dtype):
 def affine(x, coefficients, out, group):
     """out = (x - centre) * scale + shift with the per-channel :func:`forward_coefficients`."""
     centre, scale, shift = (_expand(v, group) for v in coefficients)
+    stream = streams(x, out)
     if x.ndim == 2:
-        _wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1]), work=x.size)
+        _wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1]), stream,
+                     work=x.size)
     else:
-        _runs_affine(x, centre, scale, shift, out, SEGMENT, work=x.size)
+        _runs_affine(x, centre, scale, shift, out, *elementwise_runs(x.shape[2]), stream,
+                     work=x.size)
 
 
 @helper
@@ -444,10 +533,11 @@ def grad_sums(dy, x, mean, group):
 def grad_input(dy, x, coefficients, out, group):
     """dx = dy * k_dy + (x - centre) * k_x + k_0 with the per-channel :func:`backward_coefficients`."""
     cols = (_expand(v, group) for v in coefficients)
+    stream = streams(x, out)
     if x.ndim == 2:
-        _wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1]), work=x.size)
+        _wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1]), stream, work=x.size)
     else:
-        _runs_grad_input(dy, x, *cols, out, SEGMENT, work=x.size)
+        _runs_grad_input(dy, x, *cols, out, *elementwise_runs(x.shape[2]), stream, work=x.size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,7 +556,8 @@ ONE_PASS_MIN_COLS = 512    # narrowest band (unless the array is narrower): band
 
 
 @kernel
-def _runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift):
+def _runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift,
+                           stream):
     n_outer, n_ch, n_inner = x.shape
     inv_count = 1.0 / (n_outer * n_inner)
     for c in prange(n_ch):
@@ -481,11 +572,14 @@ def _runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, s
         _fill_forward(mean[c:c + 1], var[c:c + 1], weight[c:c + 1], bias[c:c + 1], eps,
                       rstd[c:c + 1], centre[c:c + 1], scale[c:c + 1], shift[c:c + 1])
         for o in range(n_outer):
-            _run_affine(x[o, c], out[o, c], centre[c], scale[c], shift[c])
+            _affine(x[o, c], centre[c], scale[c], shift[c], out[o, c], stream)
+        if stream:
+            end_streams()
 
 
 @kernel
-def _wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band):
+def _wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band,
+                           stream):
     n_rows, n_cols = x.shape
     inv_count = 1.0 / n_rows
     for t in prange((n_cols + band - 1) // band):
@@ -499,12 +593,14 @@ def _wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, s
             mean[c0 + j], var[c0 + j] = _moments(k[j], s1[j], s2[j], inv_count)
         _fill_forward(mean[c0:c1], var[c0:c1], weight[c0:c1], bias[c0:c1], eps,
                       rstd[c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1])
-        _tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out)
+        _tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out, stream)
+        if stream:
+            end_streams()
 
 
 @kernel
 def _runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight):
+                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, stream):
     n_outer, n_ch, n_inner = x.shape
     for c in prange(n_ch):
         s1 = 0.0
@@ -519,12 +615,14 @@ def _runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, o
                        weight[c:c + 1], inv_count, batch_stats, centre[c:c + 1], k_dy[c:c + 1],
                        k_x[c:c + 1], k_0[c:c + 1], dweight[c:c + 1])
         for o in range(n_outer):
-            _run_grad_input(dy[o, c], x[o, c], out[o, c], centre[c], k_dy[c], k_x[c], k_0[c])
+            _grad_input(dy[o, c], x[o, c], centre[c], k_dy[c], k_x[c], k_0[c], out[o, c], stream)
+        if stream:
+            end_streams()
 
 
 @kernel
 def _wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band):
+                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, stream):
     n_rows, n_cols = x.shape
     for t in prange((n_cols + band - 1) // band):
         c0 = t * band
@@ -536,7 +634,9 @@ def _wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, o
                        inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
                        k_0[c0:c1], dweight[c0:c1])
         _tile_grad_input(dy, x, 0, n_rows, c0, c1, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
-                         k_0[c0:c1], out)
+                         k_0[c0:c1], out, stream)
+        if stream:
+            end_streams()
 
 
 def one_pass_band(x, group, n_inputs):
@@ -563,12 +663,13 @@ def one_pass_forward(x, weight, bias, eps, out, band):
     coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-channel scratch
     weight = _NONE if weight is None else weight
     bias = _NONE if bias is None else bias
+    stream = streams(x, out)
     if x.ndim == 3:
         _runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
-                               work=x.size)
+                               stream, work=x.size)
     else:
         _wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
-                               band, work=x.size)
+                               band, stream, work=x.size)
     return mean, var, rstd
 
 
@@ -581,8 +682,9 @@ def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
     coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-channel scratch
     args = (dy, x, mean, rstd, _NONE if weight is None else weight, 1.0 / count, bool(batch_stats),
             out, sum_dy, sum_dy_xc, *coefficients, dweight)
+    stream = streams(x, out)
     if x.ndim == 3:
-        _runs_one_pass_backward(*args, work=x.size)
+        _runs_one_pass_backward(*args, stream, work=x.size)
     else:
-        _wide_one_pass_backward(*args, band, work=x.size)
+        _wide_one_pass_backward(*args, band, stream, work=x.size)
     return sum_dy, dweight
