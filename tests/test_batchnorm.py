@@ -23,11 +23,12 @@ LAYOUTS = [
 ]
 
 
-def _stream_every_output(monkeypatch, on=True):
-    """Streaming stores for every output with a whole 64-byte line (normally >= 8 MiB outputs with
-    rows of >= 1 KiB), or for none."""
+def _stream_every_output(monkeypatch, on=True, row_bytes=256):
+    """Streaming stores for every output (normally for >= 8 MiB), or for none. Rows and runs of at
+    least ``row_bytes`` (normally 1 KiB) stream row by row; shorter wide rows as one flat run
+    (``_flat_*`` kernels) and shorter runs not at all."""
     monkeypatch.setattr(config, "STREAM_MIN_BYTES", 1 if on else 0)
-    monkeypatch.setattr(bn_cpu, "STREAM_MIN_ROW_BYTES", 0)
+    monkeypatch.setattr(bn_cpu, "STREAM_MIN_ROW_BYTES", row_bytes)
 
 
 @pytest.fixture(params=["one-pass", "two-pass", "one-pass streamed", "two-pass streamed"])
@@ -218,9 +219,11 @@ def test_one_pass_kernels_apply_where_a_task_fits_in_cache(shape, group, n_input
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("one_pass", [False, True])
-def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass):
+@pytest.mark.parametrize("row_bytes", [0, 1 << 30])  # row by row / flat (wide), none (runs)
+def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass, row_bytes):
     """The line writers spell out the scalar loops' arithmetic: same bits, whatever the alignment
-    of each row (rows of 517 and runs of 41 or 1000 values start at every offset in a line)."""
+    of each row (rows of 517 and runs of 41 or 1000 values start at every offset in a line), and
+    flat lines that cross rows (rows of 517, 256 and 64 x 5 values)."""
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
     monkeypatch.setattr(config, "ONE_PASS_BYTES", 1 << 62 if one_pass else 0)
     cases = [((300, 517), 1), ((4, 6, 41), 1), ((2, 9, 1000), 1), ((64, 256), 1), ((3, 5, 40, 32), -1)]
@@ -231,7 +234,7 @@ def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass):
         w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
         results = []
         for streamed in (False, True):
-            _stream_every_output(monkeypatch, on=streamed)
+            _stream_every_output(monkeypatch, on=streamed, row_bytes=row_bytes)
             rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
             y, saved = F.batch_norm(x, rm, rv, w, b, training=True, axis=axis)
             y_eval, saved_eval = F.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
@@ -241,12 +244,21 @@ def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass):
             np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis)))
 
 
-def test_only_large_outputs_with_long_rows_stream():
+def test_only_large_outputs_stream_and_short_rows_flat():
+    from normkit import _memory
     assert config.STREAM_MIN_BYTES == 8 << 20
-    assert bn_cpu.streams(np.empty((32, 64, 3136), np.float32), np.empty((32, 64, 3136), np.float32))
-    assert bn_cpu.streams(np.empty((8192, 256)), np.empty((8192, 256)))  # 16 MiB, 2 KiB rows
-    assert not bn_cpu.streams(np.empty((1024, 1024), np.float32), np.empty((1024, 1024), np.float32))
-    assert not bn_cpu.streams(np.empty((100352, 64), np.float32), np.empty((100352, 64), np.float32))
+
+    def both(shape, dtype=np.float32):
+        return np.empty(shape, dtype), _memory.empty(shape, dtype)
+    assert bn_cpu.streams(*both((32, 64, 3136)))
+    assert bn_cpu.streams(*both((8192, 256), np.float64))  # 16 MiB, 2 KiB rows
+    assert not bn_cpu.streams(*both((1024, 1024)))  # 4 MiB
+    assert not bn_cpu.streams(*both((100352, 64)))  # channels-last: rows of 256 bytes...
+    assert bn_cpu.flat_streams(*both((100352, 64)))  # ...so one flat run
+    assert not bn_cpu.flat_streams(*both((8192, 256), np.float64))
+    assert not bn_cpu.flat_streams(*both((100352, 8)))  # 3 MiB
+    x, out = both((100352, 64))
+    assert not bn_cpu.flat_streams(x[:, ::2], out[:, ::2])
 
 
 def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):

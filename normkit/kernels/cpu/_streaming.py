@@ -57,22 +57,25 @@ def line_writer(expression):
 
     ``expression(m, *values)`` builds the result with ``m.add``, ``m.sub`` and ``m.mul`` (see
     :class:`_LineMath`) in the same order as the scalar code it stands for, so that both round
-    alike. ``operands`` is a tuple of scalars (the same for every value) and 1-D arrays with unit
-    stride (read at ``i:i + L``), all of ``out``'s dtype. ``out`` is a 1-D array with unit stride
-    and ``out[i]`` must start a 64-byte line: take ``i`` from :func:`line_span`. Nothing checks
-    bounds or strides: the helpers that call it do.
+    alike. ``operands`` is a tuple of scalars (the same for every value), arrays (read at
+    ``i:i + L``) and ``(array, k)`` pairs (read at ``k:k + L``), all of ``out``'s dtype. Offsets
+    count values from an array's first one, whatever its shape: the values read and written
+    must be contiguous, and ``out``'s value ``i`` must start a 64-byte line (take ``i`` from
+    :func:`line_span`). Nothing checks bounds or strides: the helpers that call it do.
     """
     @intrinsic
     def write(typingctx, out, i, operands):
-        if not (isinstance(out, types.Array) and out.ndim == 1 and isinstance(out.dtype, types.Float)):
-            raise TypingError(f"line writer: out must be a 1-D float array, got {out}")
+        if not (isinstance(out, types.Array) and isinstance(out.dtype, types.Float)):
+            raise TypingError(f"line writer: out must be a float array, got {out}")
         if not isinstance(operands, types.BaseTuple):
             raise TypingError(f"line writer: operands must be a tuple, got {operands}")
         for ty in operands:
-            kind = ty.dtype if isinstance(ty, types.Array) and ty.ndim == 1 else ty
+            if _is_pair(ty):
+                ty = ty[0]
+            kind = ty.dtype if isinstance(ty, types.Array) else ty
             if kind != out.dtype:
-                raise TypingError(f"line writer: operands must be {out.dtype} scalars or 1-D "
-                                  f"arrays, got {ty}")
+                raise TypingError(f"line writer: operands must be {out.dtype} scalars, arrays or "
+                                  f"(array, offset) pairs, got {ty}")
 
         def codegen(context, builder, signature, args):
             out_type, _, operand_types = signature.args
@@ -82,9 +85,13 @@ def line_writer(expression):
             values = []
             for k, ty in enumerate(operand_types):
                 value = builder.extract_value(args[2], k)
+                offset = index
+                if _is_pair(ty):
+                    value, offset = builder.extract_value(value, 0), builder.extract_value(value, 1)
+                    ty = ty[0]
                 if isinstance(ty, types.Array):
                     data = context.make_array(ty)(context, builder, value).data
-                    address = builder.bitcast(builder.gep(data, [index]), vector.as_pointer())
+                    address = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
                     values.append(builder.load(address, align=1))
                 else:
                     splat = ir.Constant(vector, ir.Undefined)
@@ -101,6 +108,11 @@ def line_writer(expression):
 
         return types.none(out, i, operands), codegen
     return write
+
+
+def _is_pair(ty):
+    return (isinstance(ty, types.BaseTuple) and len(ty) == 2 and isinstance(ty[0], types.Array)
+            and isinstance(ty[1], types.Integer))
 
 
 @helper

@@ -22,7 +22,8 @@ from numba import prange
 
 from ... import config
 from ._compile import helper, inline_helper, kernel, wide_vectors
-from ._streaming import at, end_streams, line_span, line_writer, part, worth_streaming
+from ._streaming import (LINE_BYTES, at, end_streams, line_span, line_writer, part,
+                         worth_streaming)
 
 # Tiles of the partial-sum passes: one tile is one parallel task and one row of partial sums,
 # COL_TILE columns wide (its partials stay in L1; measured best) and big enough that each of the
@@ -36,6 +37,9 @@ TILE_ELEMENTS = 131072
 # its output (see _streaming.py) pays for its closing fence over at least 256 KiB.
 ELEMENTWISE_COL_TILE = 8192
 ELEMENTWISE_TILE_ELEMENTS = 65536
+# Streamed tiles are narrower: the three or four per-column coefficient vectors of 2048 columns
+# stay in L1 beside the streaming stores (whole 8192-column rows measured 10% slower streamed).
+STREAM_COL_TILE = 2048
 RUN_MIN = 32            # inner runs at least this long use the "runs" kernels
 SEGMENT = 16384         # longest stretch of one run in one task of the sum passes
 
@@ -45,9 +49,9 @@ def row_tile_for(n_cols):
     return max(16, TILE_ELEMENTS // min(n_cols, COL_TILE))
 
 
-def elementwise_tile(n_cols):
+def elementwise_tile(n_cols, stream=False):
     """(rows, columns) per elementwise tile for a wide array of ``n_cols`` columns."""
-    cols = min(n_cols, ELEMENTWISE_COL_TILE)
+    cols = min(n_cols, STREAM_COL_TILE if stream else ELEMENTWISE_COL_TILE)
     return max(1, ELEMENTWISE_TILE_ELEMENTS // cols), cols
 
 
@@ -280,6 +284,74 @@ def _wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile, str
 
 
 # ----------------------------------------------------------------------------------------------
+# "flat" streaming of a wide array with short rows (channels-last data: rows of C values): finding
+# the lines of each row costs more than streaming saves, so the array is walked as one run of
+# values, and each line reads its coefficients at its first column from vectors that repeat
+# periodically (one line longer than a row), whatever row boundary the line crosses.
+# ----------------------------------------------------------------------------------------------
+
+def flat_streams(x, out):
+    """Whether a wide elementwise pass streams ``out`` as one flat run: short rows, x and out
+    C-contiguous (so a line may cross rows), out starting on a line (as normkit's outputs do)."""
+    return (worth_streaming(out) and not streams(x, out) and x.flags.c_contiguous
+            and out.flags.c_contiguous and out.ctypes.data % LINE_BYTES == 0)
+
+
+def periodic(per_column, n_cols, itemsize):
+    """``per_column`` repeated to one line beyond a row: entry k is column k % n_cols."""
+    return np.resize(per_column, n_cols + LINE_BYTES // itemsize)
+
+
+@kernel
+def _flat_affine(x, centre, scale, shift, out, chunk):
+    """Streamed out = (x - centre) * scale + shift over C-contiguous (rows, cols) arrays; the
+    coefficients are :func:`periodic`; ``chunk`` (values per task) is a multiple of a line."""
+    n_rows, n_cols = x.shape
+    n = n_rows * n_cols
+    step = LINE_BYTES // out.itemsize
+    for t in prange((n + chunk - 1) // chunk):
+        f0 = t * chunk
+        f1 = min(f0 + chunk, n)
+        stop = f0 + (f1 - f0) // step * step
+        col = f0 % n_cols
+        for f in range(f0, stop, step):
+            _affine_lines(out, f, ((x, f), (centre, col), (scale, col), (shift, col)))
+            col += step
+            while col >= n_cols:
+                col -= n_cols
+        end_streams()
+        # The array's last values, less than a line (chunks end on a line but the last):
+        for r in range(stop // n_cols, n_rows if stop < f1 else 0):
+            c0 = max(stop - r * n_cols, 0)
+            _affine_values(x[r, c0:], centre[c0:n_cols], scale[c0:n_cols], shift[c0:n_cols],
+                           out[r, c0:])
+
+
+@kernel
+def _flat_grad_input(dy, x, centre, k_dy, k_x, k_0, out, chunk):
+    """Streamed out = dy * k_dy + (x - centre) * k_x + k_0, as :func:`_flat_affine`."""
+    n_rows, n_cols = x.shape
+    n = n_rows * n_cols
+    step = LINE_BYTES // out.itemsize
+    for t in prange((n + chunk - 1) // chunk):
+        f0 = t * chunk
+        f1 = min(f0 + chunk, n)
+        stop = f0 + (f1 - f0) // step * step
+        col = f0 % n_cols
+        for f in range(f0, stop, step):
+            _grad_input_lines(out, f, ((dy, f), (x, f), (centre, col), (k_dy, col), (k_x, col),
+                                       (k_0, col)))
+            col += step
+            while col >= n_cols:
+                col -= n_cols
+        end_streams()
+        for r in range(stop // n_cols, n_rows if stop < f1 else 0):
+            c0 = max(stop - r * n_cols, 0)
+            _grad_input_values(dy[r, c0:], x[r, c0:], centre[c0:n_cols], k_dy[c0:n_cols],
+                               k_x[c0:n_cols], k_0[c0:n_cols], out[r, c0:])
+
+
+# ----------------------------------------------------------------------------------------------
 # "runs" layout: x is (outer, C, inner), inner runs long
 # ----------------------------------------------------------------------------------------------
 
@@ -480,8 +552,11 @@ def affine(x, coefficients, out, group):
     """out = (x - centre) * scale + shift with the per-channel :func:`forward_coefficients`."""
     centre, scale, shift = (_expand(v, group) for v in coefficients)
     stream = streams(x, out)
-    if x.ndim == 2:
-        _wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1]), stream,
+    if x.ndim == 2 and flat_streams(x, out):
+        _flat_affine(x, *(periodic(v, x.shape[1], x.itemsize) for v in (centre, scale, shift)),
+                     out, ELEMENTWISE_TILE_ELEMENTS, work=x.size)
+    elif x.ndim == 2:
+        _wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1], stream), stream,
                      work=x.size)
     else:
         _runs_affine(x, centre, scale, shift, out, *elementwise_runs(x.shape[2]), stream,
@@ -532,10 +607,14 @@ def grad_sums(dy, x, mean, group):
 
 def grad_input(dy, x, coefficients, out, group):
     """dx = dy * k_dy + (x - centre) * k_x + k_0 with the per-channel :func:`backward_coefficients`."""
-    cols = (_expand(v, group) for v in coefficients)
+    cols = [_expand(v, group) for v in coefficients]
     stream = streams(x, out)
-    if x.ndim == 2:
-        _wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1]), stream, work=x.size)
+    if x.ndim == 2 and flat_streams(x, out) and dy.flags.c_contiguous:
+        _flat_grad_input(dy, x, *(periodic(v, x.shape[1], x.itemsize) for v in cols), out,
+                         ELEMENTWISE_TILE_ELEMENTS, work=x.size)
+    elif x.ndim == 2:
+        _wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1], stream), stream,
+                         work=x.size)
     else:
         _runs_grad_input(dy, x, *cols, out, *elementwise_runs(x.shape[2]), stream, work=x.size)
 
