@@ -302,6 +302,27 @@ def periodic(per_column, n_cols, itemsize):
     return np.resize(per_column, n_cols + LINE_BYTES // itemsize)
 
 
+@helper
+def _flat_task(t, chunk, n_rows, n_cols, step):
+    """Task ``t`` of a flat pass: its whole lines are the flat values f0:stop, f0 is in column
+    ``col``, and rows tail_r0:tail_r1 hold the array's last values from ``stop`` on, less than a
+    line (chunks end on a line but the last; other tasks get an empty range)."""
+    n = n_rows * n_cols
+    f0 = t * chunk
+    f1 = min(f0 + chunk, n)
+    stop = f0 + (f1 - f0) // step * step
+    return f0, stop, f0 % n_cols, stop // n_cols, n_rows if stop < f1 else 0
+
+
+@helper
+def _next_column(col, step, n_cols):
+    """The column ``step`` values after ``col`` (rows may be shorter than a line)."""
+    col += step
+    while col >= n_cols:
+        col -= n_cols
+    return col
+
+
 @kernel
 def _flat_affine(x, centre, scale, shift, out, chunk):
     """Streamed out = (x - centre) * scale + shift over C-contiguous (rows, cols) arrays; the
@@ -310,18 +331,12 @@ def _flat_affine(x, centre, scale, shift, out, chunk):
     n = n_rows * n_cols
     step = LINE_BYTES // out.itemsize
     for t in prange((n + chunk - 1) // chunk):
-        f0 = t * chunk
-        f1 = min(f0 + chunk, n)
-        stop = f0 + (f1 - f0) // step * step
-        col = f0 % n_cols
+        f0, stop, col, tail_r0, tail_r1 = _flat_task(t, chunk, n_rows, n_cols, step)
         for f in range(f0, stop, step):
             _affine_lines(out, f, ((x, f), (centre, col), (scale, col), (shift, col)))
-            col += step
-            while col >= n_cols:
-                col -= n_cols
+            col = _next_column(col, step, n_cols)
         end_streams()
-        # The array's last values, less than a line (chunks end on a line but the last):
-        for r in range(stop // n_cols, n_rows if stop < f1 else 0):
+        for r in range(tail_r0, tail_r1):
             c0 = max(stop - r * n_cols, 0)
             _affine_values(x[r, c0:], centre[c0:n_cols], scale[c0:n_cols], shift[c0:n_cols],
                            out[r, c0:])
@@ -334,18 +349,13 @@ def _flat_grad_input(dy, x, centre, k_dy, k_x, k_0, out, chunk):
     n = n_rows * n_cols
     step = LINE_BYTES // out.itemsize
     for t in prange((n + chunk - 1) // chunk):
-        f0 = t * chunk
-        f1 = min(f0 + chunk, n)
-        stop = f0 + (f1 - f0) // step * step
-        col = f0 % n_cols
+        f0, stop, col, tail_r0, tail_r1 = _flat_task(t, chunk, n_rows, n_cols, step)
         for f in range(f0, stop, step):
             _grad_input_lines(out, f, ((dy, f), (x, f), (centre, col), (k_dy, col), (k_x, col),
                                        (k_0, col)))
-            col += step
-            while col >= n_cols:
-                col -= n_cols
+            col = _next_column(col, step, n_cols)
         end_streams()
-        for r in range(stop // n_cols, n_rows if stop < f1 else 0):
+        for r in range(tail_r0, tail_r1):
             c0 = max(stop - r * n_cols, 0)
             _grad_input_values(dy[r, c0:], x[r, c0:], centre[c0:n_cols], k_dy[c0:n_cols],
                                k_x[c0:n_cols], k_0[c0:n_cols], out[r, c0:])
