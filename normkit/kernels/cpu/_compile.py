@@ -67,9 +67,10 @@ inline_helper = njit(inline="always", **{k: v for k, v in OPTIONS.items() if k !
 # one loop both sums a row and writes the previous one, gained 10-20% more with them. The
 # elementwise passes are memory-bound and measured 0-13% slower with them (AVX-512 costs clock),
 # the LayerNorm backward 5-24% slower on float64 data (its float32 build asks: wide_vectors_for).
-# The request is the function attribute "prefer-vector-width"="512" (what clang's -mprefer-vector-width=512 sets);
-# on a CPU without AVX-512 LLVM ignores it. llvmlite only accepts a fixed list of attribute names,
-# hence the direct set.add; if that ever fails, the kernel simply keeps 256-bit vectors.
+# The request is the function attribute "prefer-vector-width"="512" (what clang's
+# -mprefer-vector-width=512 sets); on a CPU without AVX-512 LLVM ignores it. llvmlite only accepts
+# a fixed list of attribute names, hence the direct set.add; if that ever fails, the kernel simply
+# keeps 256-bit vectors.
 WIDE_VECTOR_ATTRIBUTE = '"prefer-vector-width"="512"'
 
 
