@@ -53,9 +53,10 @@ class BatchNormLayout:
         """``a`` (the input's shape) as the kernels' array: a view when the memory allows."""
         return a.transpose(self.order).reshape(self.kernel_shape)
 
-    def empty(self, dtype):
-        """A new output: (kernel array to write, the same memory in the input's shape)."""
-        buf = _memory.empty(self.permuted_shape, dtype)
+    def empty(self, dtype, apart_from=()):
+        """A new output: (kernel array to write, the same memory in the input's shape), kept clear
+        of the inputs it is computed from (see ``_memory.empty``)."""
+        buf = _memory.empty(self.permuted_shape, dtype, apart_from)
         return buf.reshape(self.kernel_shape), buf.transpose(self.inverse)
 
 

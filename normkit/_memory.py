@@ -11,6 +11,16 @@ Every output starts on a 64-byte boundary (NumPy's large blocks start 16 bytes p
 rows whose length is a multiple of 64 bytes are whole cache lines, which the CPU kernels write
 with streaming stores and no scalar head or tail (see ``kernels/cpu/_streaming.py``).
 
+Outputs also keep clear of their inputs modulo 1 MiB (``apart_from``). Measured on the
+development machine: when an output starts up to about three cache lines after an input's address
+modulo 1 MiB, a kernel that reads the input and streams the output in step ran at 0.65-0.75x
+(LayerNorm forward, (2048, 2048) float32, 16-176 bytes after) or lost its streaming gain
+(BatchNorm eval, (256, 8192): 1.0x instead of 1.35x); before the input or further on, nothing.
+(Probably loads taken for ones that may depend on a store to the same low 20 address bits.)
+Large arrays of one size often land there: both start at a page boundary plus a header (NumPy's
+0 or 16 bytes, ours 64). So an output moves on, a line at a time, until it starts more than
+``ALIAS_WINDOW`` bytes after each input; its buffer has room for that.
+
 Safety: an output is an ordinary ndarray whose chain of ``base`` objects ends in an
 :class:`_Owner`; every view of it keeps that owner alive (NumPy stops collapsing a view's base
 at non-ndarray objects), and only when the last one is gone does a ``weakref.finalize`` return
@@ -29,9 +39,13 @@ from . import config
 
 # Re-entrant: a finalizer can run from the garbage collector while this thread holds the lock.
 _lock = threading.RLock()
-_free = []          # cached buffers (1-D uint8 arrays, ALIGNMENT bytes over size), oldest first
+_free = []          # cached buffers (1-D uint8 arrays, PADDING bytes over size), oldest first
 _free_bytes = 0     # bytes of output they hold
 ALIGNMENT = 64      # bytes: a cache line
+ALIAS_SPAN = 1 << 20  # outputs keep out of a window after their inputs' addresses modulo this,
+ALIAS_WINDOW = 256    # this many bytes long
+MAX_APART_FROM = 2    # inputs an output can keep clear of (dy and x)
+PADDING = ALIGNMENT + MAX_APART_FROM * ALIAS_WINDOW  # room to align, then to move past the windows
 
 
 class _Owner:
@@ -39,18 +53,27 @@ class _Owner:
 
     __slots__ = ("__array_interface__", "__weakref__")
 
-    def __init__(self, buffer, nbytes):
+    def __init__(self, buffer, nbytes, address):
         self.__array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1",
-                                    "data": (_aligned_address(buffer), False)}
+                                    "data": (address, False)}
 
 
-def _aligned_address(buffer):
-    address = buffer.__array_interface__["data"][0]
-    return address + (-address) % ALIGNMENT
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def output_address(buffer_address, input_addresses):
+    """Where an output starts in a buffer at ``buffer_address``: the first 64-byte boundary,
+    moved on a line at a time while it lies 1 to ``ALIAS_WINDOW`` bytes after an input's address
+    modulo 1 MiB (at most ``ALIAS_WINDOW`` bytes per input: within ``PADDING``)."""
+    address = buffer_address + (-buffer_address) % ALIGNMENT
+    while any(0 < (address - a) % ALIAS_SPAN <= ALIAS_WINDOW for a in input_addresses):
+        address += ALIGNMENT
+    return address
 
 
 def _new_buffer(nbytes):
-    return np.empty(nbytes + ALIGNMENT, np.uint8)
+    return np.empty(nbytes + PADDING, np.uint8)
 
 
 def _take(nbytes):
@@ -58,7 +81,7 @@ def _take(nbytes):
     global _free_bytes
     with _lock:
         for i in range(len(_free) - 1, -1, -1):
-            if _free[i].nbytes == nbytes + ALIGNMENT:
+            if _free[i].nbytes == nbytes + PADDING:
                 _free_bytes -= nbytes
                 return _free.pop(i)
     return None
@@ -68,29 +91,33 @@ def _give_back(buffer):
     """Called when the last array using ``buffer`` is gone: cache it, evicting the oldest."""
     global _free_bytes
     limit = config.OUTPUT_CACHE_BYTES
-    nbytes = buffer.nbytes - ALIGNMENT
+    nbytes = buffer.nbytes - PADDING
     if nbytes > limit:
         return
     with _lock:
         _free.append(buffer)
         _free_bytes += nbytes
         while _free_bytes > limit:
-            _free_bytes -= _free.pop(0).nbytes - ALIGNMENT
+            _free_bytes -= _free.pop(0).nbytes - PADDING
 
 
-def empty(shape, dtype):
+def empty(shape, dtype, apart_from=()):
     """A new uninitialised C-contiguous array, like ``np.empty(shape, dtype)``, whose data starts
-    on a 64-byte boundary."""
+    on a 64-byte boundary, clear of the arrays in ``apart_from`` (at most two: the inputs the
+    output is computed from) modulo 1 MiB."""
+    if len(apart_from) > MAX_APART_FROM:
+        raise ValueError(f"empty: at most {MAX_APART_FROM} arrays to keep apart from")
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
+    inputs = [_address(a) for a in apart_from]
     if nbytes < config.OUTPUT_CACHE_MIN_BYTES or nbytes > config.OUTPUT_CACHE_BYTES:
         buffer = _new_buffer(nbytes)
-        start = _aligned_address(buffer) - buffer.__array_interface__["data"][0]
+        start = output_address(_address(buffer), inputs) - _address(buffer)
         return buffer[start:start + nbytes].view(dtype).reshape(shape)
     buffer = _take(nbytes)
     if buffer is None:
         buffer = _new_buffer(nbytes)
-    owner = _Owner(buffer, nbytes)
+    owner = _Owner(buffer, nbytes, output_address(_address(buffer), inputs))
     weakref.finalize(owner, _give_back, buffer)
     return np.asarray(owner).view(dtype).reshape(shape)
 

@@ -111,7 +111,7 @@ class SyncBatchNorm(BatchNorm):
                 self.num_batches_tracked += 1
         rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, args.weight, args.bias,
                                                           args.eps, x.dtype)
-        yk, y = layout.empty(x.dtype)
+        yk, y = layout.empty(x.dtype, apart_from=(xk,))
         _bn_cpu.affine(xk, coefficients, yk, layout.group)
         self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, weight=args.weight,
                           total=total, shape=x.shape)
@@ -137,7 +137,7 @@ class SyncBatchNorm(BatchNorm):
         self.comm.Allreduce(local, total)
         coefficients, _ = _bn_cpu.backward_coefficients(  # its dweight is the global one
             total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype)
-        dxk, dx = layout.empty(s["xk"].dtype)
+        dxk, dx = layout.empty(s["xk"].dtype, apart_from=(dyk, s["xk"]))
         _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk, layout.group)
         if self.weight is not None:  # the local share: the gradient sync adds the others'
             self.weight.grad += (local[1] * s["rstd"]).astype(self.weight.grad.dtype)

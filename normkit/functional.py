@@ -83,7 +83,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     layout = batch_norm_layout(x, axis)
     xk = layout.view(x)
-    yk, y = layout.empty(x.dtype)
+    yk, y = layout.empty(x.dtype, apart_from=(xk,))
     updated = False
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=1) if training else 0
     if band:
@@ -136,7 +136,7 @@ def batch_norm_backward(dy, saved):
 
     layout, xk, mean, rstd = saved.layout, saved.x, saved.mean, saved.rstd
     dyk = layout.view(dy)
-    dxk, dx = layout.empty(xk.dtype)
+    dxk, dx = layout.empty(xk.dtype, apart_from=(dyk, xk))
     needs_sums = saved.batch_stats or saved.weight is not None or saved.has_bias
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=2) if needs_sums else 0
     if band:
@@ -190,7 +190,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend
         return reference.layer_norm(x, shape, weight, bias, eps)
 
     xk = layer_norm_rows(x, n_cols)
-    y = _memory.empty(x.shape, x.dtype)
+    y = _memory.empty(x.shape, x.dtype, apart_from=(xk,))
     mean, rstd = _ln_cpu.forward(xk, np.ones(n_cols) if w is None else w,
                                  np.zeros(n_cols) if b is None else b, eps, y.reshape(xk.shape))
     saved = LayerNormSaved(
@@ -215,7 +215,7 @@ def layer_norm_backward(dy, saved):
 
     xk = saved.x
     dyk = layer_norm_rows(dy, xk.shape[1])
-    dx = _memory.empty(saved.x_shape, xk.dtype)
+    dx = _memory.empty(saved.x_shape, xk.dtype, apart_from=(dyk, xk))
     weight = np.ones(xk.shape[1]) if saved.weight is None else saved.weight
     dweight, dbias = _ln_cpu.backward(dyk, xk, saved.mean, saved.rstd, weight, dx.reshape(xk.shape))
     dweight = None if saved.weight is None else dweight.reshape(saved.normalized_shape).astype(saved.param_dtype)

@@ -102,6 +102,53 @@ def test_outputs_start_on_a_cache_line(cache, shape, dtype):
         gc.collect()
 
 
+def _in_window(output, input_address):
+    """Whether ``output`` starts 1 to ALIAS_WINDOW bytes after ``input_address`` modulo 1 MiB."""
+    return 0 < (_address(output) - input_address) % _memory.ALIAS_SPAN <= _memory.ALIAS_WINDOW
+
+
+def test_output_address_moves_out_of_each_inputs_window():
+    mib, window = _memory.ALIAS_SPAN, _memory.ALIAS_WINDOW
+    base = 5 * mib + 100                 # first 64-byte boundary: 5 MiB + 128
+    assert _memory.output_address(base, []) == 5 * mib + 128
+    assert _memory.output_address(base, [7 * mib + 200]) == 5 * mib + 128      # after: stays
+    assert _memory.output_address(base, [3 * mib + 128]) == 5 * mib + 128      # same offset: fine
+    assert _memory.output_address(base, [3 * mib + 127]) == 5 * mib + 128 + window  # 1 byte after
+    assert _memory.output_address(base, [3 * mib + 128 - window]) == 5 * mib + 192  # window's end
+    # two inputs, the second's window starting where the first's ends: past both, within padding
+    address = _memory.output_address(base, [mib + 100, 9 * mib + 100 + window])
+    assert address == 5 * mib + 128 + 2 * window and address - base < _memory.PADDING
+
+
+@pytest.mark.parametrize("nbytes", [SMALL, 64 * SMALL * 2])  # cached buffers and plain ones
+@pytest.mark.parametrize("header", [0, 16, 48])             # the input's offset past a line
+def test_outputs_keep_clear_of_their_inputs(cache, nbytes, header):
+    # Put inputs exactly where the output would otherwise start: 1-64 bytes before it.
+    shape = (nbytes // 4,)
+    first = _memory.empty(shape, np.float32)
+    natural = _address(first)
+    del first
+    gc.collect()
+    block = np.empty(2 * _memory.ALIAS_SPAN + 2 * nbytes, np.uint8)
+    def input_at(offset_in_span):  # a float32 array at that address modulo 1 MiB
+        start = (offset_in_span - _address(block)) % _memory.ALIAS_SPAN
+        return block[start:start + nbytes].view(np.float32)
+    x = input_at((natural - 64 + header) % _memory.ALIAS_SPAN)
+    dy = input_at((natural - 64 + header + _memory.ALIAS_WINDOW) % _memory.ALIAS_SPAN)  # next
+    for inputs in [(x,), (x, dy), (dy, x)]:
+        out = _memory.empty(shape, np.float32, apart_from=inputs)
+        assert _address(out) % 64 == 0 and out.shape == shape
+        assert not any(_in_window(out, _address(a)) for a in inputs)
+        out[...] = 2.0  # inside its own buffer
+        assert out.sum() == 2.0 * out.size
+        if nbytes < config.OUTPUT_CACHE_BYTES:  # the cached buffer came back, moved within it
+            assert 0 < _address(out) - natural < _memory.PADDING
+        del out
+        gc.collect()
+    with pytest.raises(ValueError, match="at most 2"):
+        _memory.empty(shape, np.float32, apart_from=(x, dy, x))
+
+
 def test_layers_outputs_stay_independent_when_buffers_are_reused(cache, rng, kernel_build):
     # Forward and backward outputs go through the cache; results kept by the caller must not be
     # overwritten by later calls, and each call must match the reference.
