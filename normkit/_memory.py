@@ -14,7 +14,8 @@ with streaming stores and no scalar head or tail (see ``kernels/cpu/_streaming.p
 Outputs also keep clear of their inputs modulo 1 MiB (``apart_from``). Measured on the
 development machine: when an output starts up to about three cache lines after an input's address
 modulo 1 MiB, a kernel that reads the input and streams the output in step ran at 0.65-0.75x
-(LayerNorm forward, (2048, 2048) float32, 16-176 bytes after) or lost its streaming gain
+(a LayerNorm forward with streamed output, (2048, 2048) float32, 16-176 bytes after; it is not
+kept, for other reasons) or lost its streaming gain
 (BatchNorm eval, (256, 8192): 1.0x instead of 1.35x); before the input or further on, nothing.
 (Probably loads taken for ones that may depend on a store to the same low 20 address bits.)
 Large arrays of one size often land there: both start at a page boundary plus a header (NumPy's

@@ -5,7 +5,7 @@ with K the row's first value; see batchnorm.py for why this is exact to about n 
 its output, while the row sits in cache. The backward pass produces dx two rows at a time, also
 while the next rows' sums are taken, and accumulates dweight/dbias into per-chunk partial rows (a
 fixed number of chunks, so the result does not depend on the thread count), merged at the end.
-Both compute the output in its own dtype, from float64 statistics.
+The forward pass computes its output in the output's dtype, the backward pass in float64.
 """
 
 import math
@@ -112,29 +112,30 @@ def _dx(g, x, w, mu, rs, mean_g, mean_g_xhat):
 @inline_helper
 def _pair_dx(g0, x0, k0, o0, g1, x1, k1, o1, weight, dw, db):
     """dx of two rows (each with its _dx_coefficients), their dweight/dbias terms added to dw, db."""
-    mu0, rs0, c0, d0 = k0
-    mu1, rs1, c1, d1 = k1
+    mu0, rs0, mg0, mgx0 = k0
+    mu1, rs1, mg1, mgx1 = k1
     for c in range(weight.shape[0]):
-        o0[c], t0 = _dx(g0[c], x0[c], weight[c], mu0, rs0, c0, d0)
-        o1[c], t1 = _dx(g1[c], x1[c], weight[c], mu1, rs1, c1, d1)
+        o0[c], t0 = _dx(g0[c], x0[c], weight[c], mu0, rs0, mg0, mgx0)
+        o1[c], t1 = _dx(g1[c], x1[c], weight[c], mu1, rs1, mg1, mgx1)
         dw[c] += t0 + t1
         db[c] += np.float64(g0[c]) + np.float64(g1[c])
 
 
 @inline_helper
 def _pair_dx_and_next_sums(g0, x0, k0, o0, g1, x1, k1, o1, weight, dw, db,
-                           gn0, xn0, mu0, rs0, gn1, xn1, mu1, rs1):
-    """:func:`_pair_dx`, and the _row_sums of two other rows in the same loop."""
-    m0, r0, c0, d0 = k0
-    m1, r1, c1, d1 = k1
+                           gn0, xn0, mun0, rsn0, gn1, xn1, mun1, rsn1):
+    """:func:`_pair_dx`, and the _row_sums of two other rows (gn, xn, with their mean and rstd)
+    in the same loop."""
+    mu0, rs0, mg0, mgx0 = k0
+    mu1, rs1, mg1, mgx1 = k1
     a0 = b0 = a1 = b1 = 0.0
     for c in range(weight.shape[0]):
-        o0[c], t0 = _dx(g0[c], x0[c], weight[c], m0, r0, c0, d0)
-        o1[c], t1 = _dx(g1[c], x1[c], weight[c], m1, r1, c1, d1)
+        o0[c], t0 = _dx(g0[c], x0[c], weight[c], mu0, rs0, mg0, mgx0)
+        o1[c], t1 = _dx(g1[c], x1[c], weight[c], mu1, rs1, mg1, mgx1)
         dw[c] += t0 + t1
         db[c] += np.float64(g0[c]) + np.float64(g1[c])
-        s0, u0 = _sum_terms(gn0[c], xn0[c], weight[c], mu0, rs0)
-        s1, u1 = _sum_terms(gn1[c], xn1[c], weight[c], mu1, rs1)
+        s0, u0 = _sum_terms(gn0[c], xn0[c], weight[c], mun0, rsn0)
+        s1, u1 = _sum_terms(gn1[c], xn1[c], weight[c], mun1, rsn1)
         a0 += s0
         b0 += u0
         a1 += s1
