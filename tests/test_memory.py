@@ -123,7 +123,8 @@ def test_output_address_moves_out_of_each_inputs_window():
 @pytest.mark.parametrize("nbytes", [SMALL, 64 * SMALL * 2])  # cached buffers and plain ones
 @pytest.mark.parametrize("header", [0, 16, 48])             # the input's offset past a line
 def test_outputs_keep_clear_of_their_inputs(cache, nbytes, header):
-    # Put inputs exactly where the output would otherwise start: 1-64 bytes before it.
+    # x 16-64 bytes before where the output would otherwise start, dy a window after x: the
+    # output must move past x's window and then past dy's.
     shape = (nbytes // 4,)
     first = _memory.empty(shape, np.float32)
     natural = _address(first)
