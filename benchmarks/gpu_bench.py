@@ -1,13 +1,15 @@
 """GPU benchmark: normkit's numba.cuda kernels vs PyTorch CUDA, timed with CUDA events, with
 effective GB/s against a device-to-device copy measured in the same run.
 
-    python benchmarks/gpu_bench.py [--markdown results.md] [--repeats 20]
+    python benchmarks/gpu_bench.py [--markdown results.md] [--repeats 20] [--host-params]
 
 Needs a GPU, numba-cuda and (for the comparison) torch with CUDA. Inputs are device arrays, so
 no host transfer of x, y or dy is timed; each call is timed whole (host work included, as a
-user sees it), one call between two events. normkit's training forward includes copying the
-batch statistics back to update the (host) running statistics, and its backward copying
-dweight/dbias back, which PyTorch, whose parameters live on the device, does not need.
+user sees it), one call between two events. Weights, biases and running statistics are device
+arrays too, as PyTorch's are: normkit updates the running statistics on the device and leaves
+dweight/dbias there. With ``--host-params`` they are NumPy arrays instead: then the training
+forward waits for the batch statistics to update the host's running statistics, and the
+backward for dweight/dbias (what normkit's layers do today).
 """
 
 import argparse
@@ -73,13 +75,14 @@ def torch_calls(op, x, dy, c, axis):
     return calls  # PyTorch and numba both launch on the legacy default stream: events time both
 
 
-def normkit_calls(op, xd, dyd, c, axis):
-    w, b = np.ones(c, np.float32), np.zeros(c, np.float32)
+def normkit_calls(op, xd, dyd, c, axis, host_params=False):
+    put = (lambda a: a) if host_params else cuda.to_device
+    w, b = put(np.ones(c, np.float32)), put(np.zeros(c, np.float32))
     if op == "layer_norm":
         _, saved = F.layer_norm(xd, c, w, b)
         return {"forward": lambda: F.layer_norm(xd, c, w, b),
                 "backward": lambda: F.layer_norm_backward(dyd, saved)}
-    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    rm, rv = put(np.zeros(c, np.float32)), put(np.ones(c, np.float32))
     _, saved = F.batch_norm(xd, rm, rv, w, b, training=True, axis=axis)
     return {"forward": lambda: F.batch_norm(xd, rm, rv, w, b, training=True, axis=axis),
             "eval": lambda: F.batch_norm(xd, rm, rv, w, b, training=False, axis=axis),
@@ -112,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--markdown")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--host-params", action="store_true",
+                        help="normkit's weights and running statistics as NumPy arrays")
     args = parser.parse_args(argv)
     have_torch = False
     if not args.no_torch:
@@ -125,7 +130,8 @@ def main(argv=None):
     lines = [f"GPU: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}; "
              f"device-to-device copy (256 MB): {copy:.0f} GB/s (bytes read + written).", "",
              "One call: latency of a single call (host work included); stream: per call in a loop of "
-             "10 back-to-back calls. GB/s and % of copy from the stream time.", "",
+             "10 back-to-back calls. GB/s and % of copy from the stream time. normkit's weights "
+             "and running statistics: " + ("NumPy arrays." if args.host_params else "device arrays."), "",
              "| case | pass | MB | one call: normkit ms | PyTorch ms | vs PyTorch | stream: normkit ms "
              "| PyTorch ms | vs PyTorch | normkit GB/s | of copy |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -136,7 +142,7 @@ def main(argv=None):
         dy = rng.standard_normal(shape, dtype=np.float32)
         c = shape[-1] if op == "layer_norm" else shape[axis]
         xd, dyd = cuda.to_device(x), cuda.to_device(dy)
-        ours = normkit_calls(op, xd, dyd, c, axis)
+        ours = normkit_calls(op, xd, dyd, c, axis, args.host_params)
         theirs = torch_calls(op, xd, dyd, c, axis) if have_torch else {}
         for pass_, fn in ours.items():
             ms = event_time(fn, args.repeats)

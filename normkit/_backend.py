@@ -1,5 +1,7 @@
 """Choosing a backend: "numba" (CPU kernels), "numpy" (the reference) or "cuda"."""
 
+import numpy as np
+
 BACKENDS = ("auto", "numba", "numpy", "cuda")
 
 CUDA_INSTALL_HINT = ("install the CUDA extra: pip install 'normkit[cuda]' (numba-cuda; on a GPU "
@@ -14,7 +16,12 @@ def is_numba_device_array(x):
 
 def is_device_array(x):
     """True for arrays that live on a CUDA device (numba, CuPy, PyTorch CUDA tensors...)."""
-    return hasattr(x, "__cuda_array_interface__") or is_numba_device_array(x)
+    # Cheapest tests first: on a numba device array, reading __cuda_array_interface__ builds
+    # the whole interface dict (a few us, on every call and every parameter). The attribute
+    # itself must be read: a CPU torch tensor's class has it, but reading it raises.
+    if isinstance(x, np.ndarray):
+        return False
+    return is_numba_device_array(x) or hasattr(x, "__cuda_array_interface__")
 
 
 def cuda_available():

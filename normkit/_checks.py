@@ -101,7 +101,10 @@ class BatchNormArgs:
     """The validated arguments of a BatchNorm call (shared by every backend)."""
 
     def __init__(self, shape, axis, weight, bias, running_mean, running_var, training, momentum,
-                 eps, num_batches_tracked, op="batch_norm", check_count=True):
+                 eps, num_batches_tracked, op="batch_norm", check_count=True, *,
+                 vector=param_vector, running=running_stat):
+        """``vector``/``running``: the checks of weight/bias and of the running statistics (the
+        CUDA backend passes its own, which also accept device arrays)."""
         if len(shape) < 2:
             raise ValueError(f"{op}: x must have at least 2 dimensions (batch and channel), got shape {shape}")
         self.axis = channel_axis(axis, len(shape), op)
@@ -109,10 +112,10 @@ class BatchNormArgs:
         self.count = math.prod(shape) // self.channels  # values per channel
         self.eps = positive_eps(eps, op)
         self.momentum = momentum_value(momentum, op)
-        self.weight = param_vector(weight, (self.channels,), op, "weight")
-        self.bias = param_vector(bias, (self.channels,), op, "bias")
-        self.running_mean = running_stat(running_mean, self.channels, op, "running_mean")
-        self.running_var = running_stat(running_var, self.channels, op, "running_var")
+        self.weight = vector(weight, (self.channels,), op, "weight")
+        self.bias = vector(bias, (self.channels,), op, "bias")
+        self.running_mean = running(running_mean, self.channels, op, "running_mean")
+        self.running_var = running(running_var, self.channels, op, "running_var")
         if (self.running_mean is None) != (self.running_var is None):
             raise ValueError(f"{op}: give both running_mean and running_var, or neither")
         if not training and self.running_mean is None:
@@ -135,7 +138,8 @@ class BatchNormArgs:
 class LayerNormArgs:
     """The validated arguments of a LayerNorm call (shared by every backend)."""
 
-    def __init__(self, shape, normalized_shape, weight, bias, eps, op="layer_norm"):
+    def __init__(self, shape, normalized_shape, weight, bias, eps, op="layer_norm", *,
+                 vector=param_vector):
         self.normalized_shape = normalized_shape_tuple(normalized_shape, op)
         k = len(self.normalized_shape)
         if len(shape) < k or tuple(shape[len(shape) - k:]) != self.normalized_shape:
@@ -143,5 +147,5 @@ class LayerNormArgs:
                              f"{self.normalized_shape}, got input of shape {tuple(shape)}")
         self.cols = math.prod(self.normalized_shape)
         self.eps = positive_eps(eps, op)
-        self.weight = param_vector(weight, self.normalized_shape, op, "weight")
-        self.bias = param_vector(bias, self.normalized_shape, op, "bias")
+        self.weight = vector(weight, self.normalized_shape, op, "weight")
+        self.bias = vector(bias, self.normalized_shape, op, "bias")

@@ -19,9 +19,11 @@ class BatchNormSaved:
     param_dtype: Optional[np.dtype]
     batch_stats: bool            # True: normalised with batch statistics (the training backward)
     count: int                   # values per channel
-    running_stats_updated: bool  # whether this call changed the running statistics
+    running_stats_updated: Optional[bool]  # whether this call changed the running statistics
+    #                                       (None: not known; cuda, running statistics on the device)
     layout: Any = None           # numba: the BatchNormLayout the kernels used
     host_io: bool = True         # cuda: the caller passed host arrays, so results go back to the host
+    params_on_device: bool = False  # cuda: weight/bias were device arrays: so are their gradients
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +38,7 @@ class LayerNormSaved:
     has_bias: bool
     param_dtype: Optional[np.dtype]
     host_io: bool = True         # cuda: the caller passed host arrays, so results go back to the host
+    params_on_device: bool = False  # cuda: weight/bias were device arrays: so are their gradients
 
 
 def param_dtype(weight, bias):

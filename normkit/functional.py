@@ -34,9 +34,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     x : ndarray, float32 or float64, at least 2-D
         Input; any memory layout (views, transposes, read-only arrays are fine).
     running_mean, running_var : ndarray of shape (C,) or None
-        Running statistics, updated in place in training mode; required in eval mode.
+        Running statistics, updated in place in training mode; required in eval mode. With the
+        cuda backend they may be CUDA device arrays (both or neither): then they are updated on
+        the device, and the call does not wait for the GPU (see the README's GPU section).
     weight, bias : array of shape (C,) or None
-        Affine parameters gamma and beta.
+        Affine parameters gamma and beta. With the cuda backend they may be device arrays: then
+        ``batch_norm_backward`` returns dweight/dbias as device arrays of their dtype.
     training : bool
         True: normalise with the batch statistics (and update the running ones).
         False: normalise with ``running_mean``/``running_var``.
@@ -169,6 +172,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend
     normalized_shape : int or tuple of int
         The shape of the normalised trailing axes (an int means one axis).
     weight, bias : array of shape ``normalized_shape`` or None
+        With the cuda backend they may be device arrays: then ``layer_norm_backward`` returns
+        dweight/dbias as device arrays of their dtype, without waiting for the GPU.
     eps : float > 0
     backend : {"auto", "numba", "numpy", "cuda"}
 

@@ -27,7 +27,10 @@ def _close(a, b, dtype, scale=1.0):
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((3, 4, 37), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
                                         ((4, 3, 5), 1), ((2, 33), 1),
                                         # inner runs of several segments; rows beyond the grid
-                                        ((2, 3, 300), 1), ((40, 6), 1)])
+                                        ((2, 3, 300), 1), ((40, 6), 1),
+                                        # wide rows of a multiple of 4 values (16-byte accesses),
+                                        # four neighbours of one channel or of two
+                                        ((6, 8), 1), ((2, 3, 3, 8), -1), ((5, 2, 2), 1)])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_reference(shape, axis, dtype, training):
     rng = np.random.default_rng(abs(hash((shape, axis, training))) % 2**32)
@@ -140,6 +143,98 @@ def test_parameters_changed_in_place_are_sent_again():
 
 
 # ------------------------------------------------------------------------------------------------
+# Weights, biases and running statistics on the device: used in place, updated on the device,
+# gradients returned there.
+# ------------------------------------------------------------------------------------------------
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((9, 5), 1), ((2, 3, 40), 1)])  # wide and runs layouts
+@pytest.mark.parametrize("momentum", [0.3, None])
+def test_batch_norm_with_device_parameters_and_running_stats(shape, axis, dtype, momentum):
+    rng = np.random.default_rng(abs(hash((shape, momentum))) % 2**32)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    c = shape[axis]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    wd, bd, rmd, rvd = (cuda.to_device(a) for a in (w, b, rm, rv))
+    nbt = 4 if momentum is None else None
+    y, saved = F.batch_norm(cuda.to_device(x), rmd, rvd, wd, bd, training=True, momentum=momentum,
+                            axis=axis, num_batches_tracked=nbt)
+    yr, sr = R.batch_norm(x, rm, rv, w, b, training=True, momentum=momentum, axis=axis,
+                          num_batches_tracked=nbt)
+    _close(y.copy_to_host(), yr, dtype)
+    assert saved.running_stats_updated is None  # not known without waiting for the GPU
+    np.testing.assert_allclose(rmd.copy_to_host(), rm, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(rvd.copy_to_host(), rv, rtol=TOL[dtype], atol=TOL[dtype])
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dw, db = F.batch_norm_backward(cuda.to_device(dy), saved)
+    assert hasattr(dw, "copy_to_host") and hasattr(db, "copy_to_host")  # stay on the device
+    assert dw.dtype == db.dtype == dtype and dw.shape == db.shape == (c,)
+    n = x.size // c
+    for got, want, scale in zip((dx, dw, db), R.batch_norm_backward(dy, sr), (1, np.sqrt(n), np.sqrt(n))):
+        _close(_host(got), want, dtype, scale)
+    # eval mode with the (updated) running statistics on the device
+    y, saved = F.batch_norm(cuda.to_device(x), rmd, rvd, wd, bd, training=False, axis=axis)
+    yr, sr = R.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+    _close(y.copy_to_host(), yr, dtype)
+    for got, want in zip(F.batch_norm_backward(cuda.to_device(dy), saved), R.batch_norm_backward(dy, sr)):
+        _close(_host(got), want, dtype, np.sqrt(n))
+
+
+def test_device_running_stats_skip_a_non_finite_batch():
+    x = np.ones((6, 3), np.float32)
+    x[2, 1] = np.nan
+    rm, rv = np.array([0.5, 1.0, 2.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32)
+    rmd, rvd = cuda.to_device(rm), cuda.to_device(rv)
+    y, _ = F.batch_norm(cuda.to_device(x), rmd, rvd, training=True)
+    np.testing.assert_array_equal(rmd.copy_to_host(), rm)  # every channel kept, as on the host
+    np.testing.assert_array_equal(rvd.copy_to_host(), rv)
+    assert np.isnan(y.copy_to_host()[:, 1]).all()
+
+
+def test_device_vectors_are_checked_before_anything_changes():
+    x = cuda.to_device(np.ones((4, 3), np.float32))
+    rm, rv = cuda.to_device(np.zeros(3)), cuda.to_device(np.ones(3))
+    with pytest.raises(ValueError, match="must both be device arrays or both host arrays"):
+        F.batch_norm(x, rm, np.ones(3), training=True)
+    with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
+        F.batch_norm(x, rm, cuda.to_device(np.ones(4)), training=True)
+    with pytest.raises(TypeError, match="weight must be a float32 or float64 array"):
+        F.batch_norm(x, rm, rv, cuda.to_device(np.ones(3, np.int32)), training=True)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        F.layer_norm(x, 3, None, cuda.to_device(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.batch_norm(cuda.to_device(np.ones((1, 3), np.float32)), rm, rv, training=True)
+    np.testing.assert_array_equal(rm.copy_to_host(), np.zeros(3))
+    np.testing.assert_array_equal(rv.copy_to_host(), np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_with_device_parameters(dtype):
+    rng = np.random.default_rng(11)
+    shape, ns = (5, 3, 7), (3, 7)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    w, b = rng.standard_normal(ns).astype(dtype), rng.standard_normal(ns).astype(dtype)
+    y, saved = F.layer_norm(cuda.to_device(x), ns, cuda.to_device(w), cuda.to_device(b))
+    yr, sr = R.layer_norm(x, ns, w, b)
+    _close(y.copy_to_host(), yr, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dw, db = F.layer_norm_backward(cuda.to_device(dy), saved)
+    assert hasattr(dw, "copy_to_host") and dw.shape == db.shape == ns and dw.dtype == dtype
+    for got, want, scale in zip((dx, dw, db), R.layer_norm_backward(dy, sr), (1, 3, 3)):
+        _close(_host(got), want, dtype, scale)
+    # only a bias, on the device: no weight gradient, the bias's on the device
+    _, saved = F.layer_norm(cuda.to_device(x), ns, None, cuda.to_device(b))
+    dx, dw, db = F.layer_norm_backward(cuda.to_device(dy), saved)
+    assert dw is None and hasattr(db, "copy_to_host")
+    _close(db.copy_to_host(), R.layer_norm_backward(dy, R.layer_norm(x, ns, None, b)[1])[2], dtype, 3)
+
+
+# ------------------------------------------------------------------------------------------------
 # Real GPU only: the simulator has no device memory to pool and no cuda.core launch path, and
 # realistic sizes (full 256-thread blocks, many grid-stride iterations) are too slow for it.
 # ------------------------------------------------------------------------------------------------
@@ -157,7 +252,8 @@ def gpu_only(test):
 
 @gpu_only
 @pytest.mark.parametrize("shape,axis", [((4096, 96), 1), ((8, 64, 56, 56), 1), ((8, 28, 28, 64), -1),
-                                        ((3, 5, 4, 8), 1)])
+                                        ((3, 5, 4, 8), 1),
+                                        ((8200, 132), 1)])  # the affine pass with 16-byte accesses
 def test_realistic_batch_norm_shapes_on_a_gpu(shape, axis):
     rng = np.random.default_rng(6)
     x = (rng.standard_normal(shape) * 3 + 100).astype(np.float32)
@@ -197,19 +293,26 @@ def test_realistic_layer_norm_shapes_on_a_gpu(shape):
 
 @gpu_only
 def test_pooled_outputs_are_never_handed_out_twice():
+    """An output shares its buffer with the statistics its ``saved`` keeps: the buffer comes
+    back to the pool only when neither, nor any view, is left."""
     from normkit.kernels.cuda import _pool
     rng = np.random.default_rng(8)
     a, b = (rng.standard_normal((64, 32)).astype(np.float32) for _ in range(2))
-    ya, _ = F.layer_norm(cuda.to_device(a), 32)
+    ya, saved_a = F.layer_norm(cuda.to_device(a), 32)
     view = ya[3:10]                      # only a view of the first output stays alive
-    del ya
-    yb, _ = F.layer_norm(cuda.to_device(b), 32)  # must not reuse the buffer the view is in
+    del ya, saved_a
+    yb, saved_b = F.layer_norm(cuda.to_device(b), 32)  # must not reuse the buffer the view is in
     _close(view.copy_to_host(), R.layer_norm(a, 32)[0][3:10], np.float32)
     _close(yb.copy_to_host(), R.layer_norm(b, 32)[0], np.float32)
     pointer = int(yb.device_ctypes_pointer.value)
     del yb
-    yc, _ = F.layer_norm(cuda.to_device(a), 32)  # now the buffer is free: reused
-    assert int(yc.device_ctypes_pointer.value) == pointer
+    yc, saved_c = F.layer_norm(cuda.to_device(a), 32)  # saved_b still holds the buffer
+    assert int(yc.device_ctypes_pointer.value) != pointer
+    _close(F.layer_norm_backward(cuda.to_device(b), saved_b)[0].copy_to_host(),
+           R.layer_norm_backward(b, R.layer_norm(b, 32)[1])[0], np.float32)
+    del saved_b
+    yd, _ = F.layer_norm(cuda.to_device(a), 32)  # now the buffer is free: reused
+    assert int(yd.device_ctypes_pointer.value) == pointer
     assert _pool.cached_bytes() >= 0
     nk.empty_cache()
     assert _pool.cached_bytes() == 0

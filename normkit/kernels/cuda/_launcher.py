@@ -75,11 +75,13 @@ def launch(dispatcher, grid, block, *args):
             params.append(ctypes.c_int64(a))
         else:
             array, shape = a if kind is Shaped else (a, a.shape)
-            dtype = array.dtype
-            key.append((dtype, len(shape)))
-            itemsize = dtype.itemsize
-            params += (0, 0, array.size, itemsize, array.device_ctypes_pointer.value, *shape,
-                       *_c_strides(shape, itemsize))
+            layout = _layouts.get((shape, array.dtype))
+            if layout is None:
+                layout = _layout(shape, array.dtype)
+            key.append(layout[0])
+            params += layout[1]
+            params.append(array.device_ctypes_pointer.value)
+            params += layout[2]
     key = tuple(key)
     kernel = _fast.get(key)
     if kernel is not None:
@@ -93,11 +95,25 @@ def launch(dispatcher, grid, block, *args):
         _fast[key] = _core_kernel(dispatcher, args)
 
 
-def _c_strides(shape, itemsize):
+_layouts = {}  # (shape, dtype) -> (its part of the key, ABI fields before and after the pointer)
+
+
+def _layout(shape, dtype):
+    """An array argument in Numba's kernel ABI, but for its data pointer: (meminfo, parent,
+    size, itemsize) before it, then the shape and the C-contiguous strides (cached: the same
+    few shapes come back call after call)."""
+    itemsize = dtype.itemsize
     strides = [itemsize] * len(shape)
     for i in range(len(shape) - 1, 0, -1):
         strides[i - 1] = strides[i] * shape[i]
-    return strides
+    size = 1
+    for n in shape:
+        size *= n
+    if len(_layouts) > 4096:
+        _layouts.clear()
+    layout = _layouts[(shape, dtype)] = ((dtype, len(shape)), (0, 0, size, itemsize),
+                                          (*shape, *strides))
+    return layout
 
 
 _stream = []

@@ -9,7 +9,9 @@ Per call the host does as little as it can, because numba-cuda's host costs (ten
 launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
 :mod:`._pool`, launches go through :mod:`._launcher`, per-channel arithmetic (merging block
 partials, coefficients) runs in small device kernels, and only what must reach the host (running
-statistics, parameter gradients) is copied back, once, after the last launch.
+statistics, parameter gradients) is copied back, once, after the last launch. Weights, biases
+and running statistics may be device arrays too (:mod:`._vectors`): then nothing is copied back
+and a call never waits for the GPU.
 """
 
 import functools
@@ -21,13 +23,15 @@ from numba import cuda
 from ... import _checks
 from ..._backend import is_device_array, is_numba_device_array
 from ..._running import update_running_stats
-from ..._saved import BatchNormSaved, LayerNormSaved, param_dtype
+from ..._saved import BatchNormSaved, LayerNormSaved
 from ..cpu.batchnorm import RUN_MIN
 from . import _pool
+from . import _vectors as vec
 from . import simulator as _simulator
 from . import batchnorm as bn
 from . import layernorm as ln
 from ._launcher import Shaped, launch
+from ._vector_io import aligned
 from ._reduce import BLOCK
 
 
@@ -69,48 +73,16 @@ def _result(d, on_host):
     return d.copy_to_host() if on_host else d
 
 
-# A host-to-device copy costs ~130 us of host time with numba-cuda (measured on an H200), more
-# than the kernels themselves below ~100 MB. So per-channel vectors travel stacked in one array,
-# and stacks already sent (the same weights, call after call in inference) are reused: the last
-# few are kept with their vectors' bytes, compared byte for byte (hashing 8192 channels' bytes
-# took ~40 us a vector; a comparison runs at memory speed and cannot collide).
-_vector_cache = []   # (key: the vectors' dtypes and bytes, device stack), newest last
-_VECTOR_CACHE_SIZE = 16
-
-
-def vectors_to_device(ctx, *vectors, dtype=np.float64):
-    """One (k, n) device array (of ``dtype``, in context ``ctx``) holding the k host vectors,
-    sent once and cached.
-
-    A vector may be ``("ones", n)`` or ``("zeros", n)``, standing for that constant vector."""
-    key = (_pool.device_id(ctx), np.dtype(dtype).str) + tuple(
-        v if isinstance(v, tuple) else (v.dtype.str, v.tobytes()) for v in vectors)
-    for i in range(len(_vector_cache) - 1, -1, -1):
-        if _vector_cache[i][0] == key:
-            return _vector_cache[i][1]
-    rows = [np.full(v[1], 1.0 if v[0] == "ones" else 0.0) if isinstance(v, tuple) else v for v in vectors]
-    if len(_vector_cache) >= _VECTOR_CACHE_SIZE:
-        _vector_cache.pop(0)  # oldest first
-    device = cuda.to_device(np.ascontiguousarray(np.stack(rows), dtype=dtype))
-    _vector_cache.append((key, device))
-    return device
-
-
-def _affine_params(ctx, weight, bias, n, dtype=np.float64):
-    """Device rows (weight, bias), ones and zeros standing in for absent parameters."""
-    return vectors_to_device(ctx, ("ones", n) if weight is None else weight,
-                             ("zeros", n) if bias is None else bias, dtype=dtype)
-
-
 def _row_params_dtype(x_dtype, user_param_dtype):
-    """float32 parameter rows for float32 input when the user's parameters are float32 too (or
-    absent): exact, and half the bytes every row re-reads (the kernels compute in float64
+    """float32 device copies of host LayerNorm parameters for float32 input when the user's
+    parameters are float32 too (or absent): exact, and half the bytes every row re-reads (the kernels compute in float64
     either way); float64 otherwise."""
     if np.dtype(x_dtype) == np.float32 and user_param_dtype in (None, np.dtype(np.float32)):
         return np.float32
     return np.float64
 
 
+@functools.lru_cache(maxsize=256)  # pure, and a few us of host time a call
 def _elementwise_geometry(n_rows, n_cols, threads, target):
     """(grid, block) of the 2-D elementwise kernels: threads along the columns (a power of two
     up to ``threads`` that covers short rows), the rest of the block along the rows; at most
@@ -126,6 +98,12 @@ def _elementwise_geometry(n_rows, n_cols, threads, target):
 # BatchNorm
 # ------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _batch_norm_shape(shape, axis):
+    """The (cached: a training step sees the same few shapes) :class:`_BatchNormShape`."""
+    return _BatchNormShape(shape, axis)
+
+
 class _BatchNormShape:
     """An (outer, C, inner) input and how the kernels see it."""
 
@@ -140,16 +118,26 @@ class _BatchNormShape:
         else:          # rows of one inner run each; row r is channel r % C
             self.x2 = (self.n_outer * self.n_ch, self.n_inner)
 
-    def elementwise(self, wide_kernel, runs_kernel, threads, target, *args):
-        """Launch an elementwise kernel; ``args``: device arrays of this shape, then the
-        coefficients, then the output (which must be an array of this shape too)."""
-        grid, block = _elementwise_geometry(*self.x2, threads, target)
+    def elementwise(self, kernels, threads, target, *args):
+        """Launch an elementwise kernel; ``kernels``: (wide, wide with 16-byte accesses or None,
+        runs);
+        ``args``: device arrays of this shape, then the coefficients, then the output (an
+        array of this shape too)."""
         *inputs, coef, out = args
         views = [Shaped(a, self.x2) for a in inputs]
-        if self.wide:
-            launch(wide_kernel, grid, block, *views, coef, self.n_inner, Shaped(out, self.x2))
+        wide, wide_vec4, runs = kernels
+        n_rows, n_cols = self.x2
+        if not self.wide:
+            launch(runs, *_elementwise_geometry(n_rows, n_cols, threads, target), *views, coef,
+                   Shaped(out, self.x2))
+        elif (wide_vec4 is not None and n_cols % 4 == 0 and n_cols >= VEC4_MIN_COLS
+              and n_rows >= VEC4_MIN_ROWS and all(a.dtype == np.float32 for a in inputs)
+              and aligned(*inputs, out)):
+            launch(wide_vec4, *_elementwise_geometry(n_rows, n_cols // 4, threads, target), *views,
+                   coef, self.n_inner, Shaped(out, self.x2))
         else:
-            launch(runs_kernel, grid, block, *views, coef, Shaped(out, self.x2))
+            launch(wide, *_elementwise_geometry(n_rows, n_cols, threads, target), *views, coef,
+                   self.n_inner, Shaped(out, self.x2))
 
     def partials(self, ctx, target, threads, block2d, run_kernel, wide_kernel, inputs, extra=()):
         """Launch a partial-sums kernel on ``inputs`` (device arrays of this shape) and the
@@ -171,6 +159,14 @@ class _BatchNormShape:
         return partials
 
 
+_AFFINE = (bn.affine_wide_kernel, bn.affine_wide_vec4_kernel, bn.affine_runs_kernel)
+_GRAD_INPUT = (bn.grad_input_wide_kernel, None, bn.grad_input_runs_kernel)
+# Where the wide kernel with 16-byte accesses was measured faster (affine_wide_vec4_kernel);
+# under the simulator every shape the tests use, so that it is tested there too.
+VEC4_MIN_COLS, VEC4_MIN_ROWS = (4, 1) if _simulator() else (128, 8192)
+
+
+@functools.lru_cache(maxsize=256)  # pure, and a few us of host time a call
 def _channel_grid(n_ch):
     """(grid, block) of the per-channel kernels: a warp per channel (under the simulator, which
     runs each CUDA thread as an OS thread and has no warps, four threads per channel)."""
@@ -180,42 +176,94 @@ def _channel_grid(n_ch):
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *, axis,
                num_batches_tracked=None):
-    """The CUDA twin of :func:`normkit.functional.batch_norm` (same checks, same results)."""
+    """The CUDA twin of :func:`normkit.functional.batch_norm` (same checks, same results).
+
+    Running statistics given as device arrays are updated on the device, with the host's policy
+    (a batch with non-finite statistics changes nothing) but without its warning, which would
+    have to wait for the GPU; ``saved.running_stats_updated`` is then None (not known)."""
     op = "batch_norm"
     xd, on_host = to_device(x, op)
     args = _checks.BatchNormArgs(tuple(xd.shape), axis, weight, bias, running_mean, running_var,
-                                 training, momentum, eps, num_batches_tracked)
+                                 training, momentum, eps, num_batches_tracked,
+                                 vector=vec.param, running=vec.running_stat)
     axis, n_ch, count, w, b = args.axis, args.channels, args.count, args.weight, args.bias
     running_mean, running_var = args.running_mean, args.running_var
+    stats_on_device = vec.on_device(running_mean)
+    if running_mean is not None and stats_on_device != vec.on_device(running_var):
+        raise ValueError(f"{op}: running_mean and running_var must both be device arrays or "
+                         "both host arrays")
     threads, block2d, target = _geometry()
-    geo = _BatchNormShape(tuple(xd.shape), axis)
+    geo = _batch_norm_shape(tuple(xd.shape), axis)
     ctx = _pool.current_context()
-    if training:
-        # stats rows: mean, biased variance, rstd; coef rows: mean, scale, shift
-        stats = _pool.empty((3, n_ch), np.float64, ctx)
+    # stats rows: mean, biased variance, rstd (the backward's); coef rows: mean, scale, shift
+    yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((3, n_ch), np.float64))
+    if training or stats_on_device:
         coef = _pool.scratch("bn coef", (3, n_ch), np.float64, ctx)
+        wd = vec.kernel_vector(ctx, w, n_ch, "ones", np.float64)
+        bd = vec.kernel_vector(ctx, b, n_ch, "zeros", np.float64)
+    if training:
         partials = geo.partials(ctx, target, threads, block2d, bn.runs_shifted_sums_kernel,
                                 bn.wide_shifted_sums_kernel, (xd,))
         launch(bn.finalize_stats_kernel, *_channel_grid(n_ch), partials, Shaped(xd, geo.x3),
-               float(count), float(args.eps), _affine_params(ctx, w, b, n_ch), coef, stats)
-    else:
+               float(count), float(args.eps), wd, bd, coef, stats)
+    elif stats_on_device:
+        launch(bn.eval_coefficients_kernel, (math.ceil(n_ch / threads),), (threads,),
+               running_mean, running_var, wd, bd, float(args.eps), coef, stats)
+    else:  # host running statistics: the coefficients are computed here, sent once and cached
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
         rstd, scale, shift = args.coefficients(var)
-        stats = vectors_to_device(ctx, mean, var, rstd)
-        coef = vectors_to_device(ctx, mean, scale, shift)
-    yd = _pool.empty(xd.shape, xd.dtype, ctx)
-    geo.elementwise(bn.affine_wide_kernel, bn.affine_runs_kernel, threads, target, xd, coef, yd)
+        coef = vec.host_vector(ctx, np.stack((mean, scale, shift)), np.float64)
+        stats = vec.host_vector(ctx, np.stack((mean, var, rstd)), np.float64)
+    geo.elementwise(_AFFINE, threads, target, xd, coef, yd)
     updated = False
     if training and running_mean is not None:
-        host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
-        updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
-                                       count, args.momentum, num_batches_tracked, op)
+        if stats_on_device:
+            launch(bn.update_running_kernel, (1,), (64 if _simulator() else 1024,), stats,
+                   _momentum_factor(args.momentum, num_batches_tracked), count / (count - 1),
+                   running_mean, running_var)
+            updated = None  # not known without waiting for the GPU
+        else:
+            host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
+            updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
+                                           count, args.momentum, num_batches_tracked, op)
     saved = BatchNormSaved(
         backend="cuda", x=xd, x_shape=tuple(xd.shape), axis=axis, mean=stats, rstd=None, weight=w,
-        has_bias=b is not None, param_dtype=param_dtype(weight, bias), batch_stats=bool(training),
-        count=count, running_stats_updated=updated, host_io=on_host)
+        has_bias=b is not None, param_dtype=vec.dtype_of(weight, bias),
+        batch_stats=bool(training), count=count, running_stats_updated=updated, host_io=on_host,
+        params_on_device=vec.on_device(w) or vec.on_device(b))
     return _result(yd, on_host), saved
+
+
+def _momentum_factor(momentum, num_batches_tracked):
+    """The weight of the batch statistics in the running update (see normkit._running)."""
+    return float(momentum) if momentum is not None else 1.0 / (num_batches_tracked + 1)
+
+
+def _grad_outputs(ctx, saved, shape):
+    """Two arrays of ``shape`` for the kernels to write the parameter gradients into: of the
+    parameters' dtype, returned as they are, when the parameters were device arrays (nothing
+    waits for the GPU); float64 scratch otherwise, copied back by :func:`_grads_to_caller`."""
+    if saved.params_on_device:
+        return _pool.empty_many(ctx, (shape, saved.param_dtype), (shape, saved.param_dtype))
+    n = math.prod(shape)
+    return (_pool.scratch("grad 0", (n,), np.float64, ctx),
+            _pool.scratch("grad 1", (n,), np.float64, ctx))
+
+
+def _grads_to_caller(saved, dweight, dbias, shape):
+    """(dweight, dbias) as the caller gets them: None where the forward had no such parameter;
+    device arrays as they are; host copies (after the last launch: the first copy waits for the
+    GPU) in the parameters' dtype and ``shape``."""
+    out = []
+    for grad, wanted in ((dweight, saved.weight is not None), (dbias, saved.has_bias)):
+        if not wanted:
+            out.append(None)
+        elif saved.params_on_device:
+            out.append(grad)
+        else:
+            out.append(grad.copy_to_host().reshape(shape).astype(saved.param_dtype))
+    return tuple(out)
 
 
 def batch_norm_backward(dy, saved):
@@ -225,41 +273,38 @@ def batch_norm_backward(dy, saved):
     if tuple(dyd.shape) != saved.x_shape:
         raise ValueError(f"{op}: dy has shape {tuple(dyd.shape)} but the forward's input had shape {saved.x_shape}")
     threads, block2d, target = _geometry()
-    geo = _BatchNormShape(saved.x_shape, saved.axis)
+    geo = _batch_norm_shape(saved.x_shape, saved.axis)
     ctx = _pool.current_context()
     n_ch = geo.n_ch
     stats = saved.mean  # the device (3, C) array of mean, variance, rstd
     partials = geo.partials(ctx, target, threads, block2d, bn.runs_grad_sums_kernel,
                             bn.wide_grad_sums_kernel, (dyd, saved.x), (stats,))
     coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64, ctx)  # rows: mean, k, a, b
-    sums = _pool.scratch("bn grad sums", (2, n_ch), np.float64, ctx)  # rows: dbias, dweight
-    launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
-           _affine_params(ctx, saved.weight, None, n_ch), 1.0 / saved.count, int(saved.batch_stats),
-           coef, sums)
     dxd = _pool.empty(saved.x_shape, saved.x.dtype, ctx)
-    geo.elementwise(bn.grad_input_wide_kernel, bn.grad_input_runs_kernel, threads, target,
-                    dyd, saved.x, coef, dxd)
-    dweight = dbias = None
-    if saved.weight is not None or saved.has_bias:
-        host_sums = sums.copy_to_host()
-        if saved.weight is not None:
-            dweight = host_sums[1].astype(saved.param_dtype)
-        if saved.has_bias:
-            dbias = host_sums[0].astype(saved.param_dtype)
-    return _result(dxd, saved.host_io), dweight, dbias
+    dweight, dbias = _grad_outputs(ctx, saved, (n_ch,))
+    launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
+           vec.kernel_vector(ctx, saved.weight, n_ch, "ones", np.float64), 1.0 / saved.count,
+           int(saved.batch_stats), coef, dbias, dweight)
+    geo.elementwise(_GRAD_INPUT, threads, target, dyd, saved.x, coef, dxd)
+    return (_result(dxd, saved.host_io),) + _grads_to_caller(saved, dweight, dbias, (n_ch,))
 
 
 # ------------------------------------------------------------------------------------------------
 # LayerNorm
 # ------------------------------------------------------------------------------------------------
 
-def _row_geometry(n_rows, n_cols, threads, target, values_per_thread):
+@functools.lru_cache(maxsize=256)  # pure, and a few us of host time a call
+def _row_geometry(n_rows, n_cols, threads, target, values_per_thread, at_least=False):
     """(grid, block) of the row kernels: ``blockDim.x`` threads per row, a power of two from a
-    warp up, about ``values_per_thread`` values each (measured on an H200, 65536 x 1024: a warp
-    per row ran the forward in 0.22 ms, 128 threads in 0.31, 256 in 0.47; the backward was
-    fastest with 64), but more when there are too few rows to fill the GPU; and as many rows
-    per block as fill ``threads``."""
-    log2 = max(_min_row_log2(), math.ceil(math.log2(max(1, n_cols / values_per_thread))))
+    warp up, at most (``at_least``: at least) ``values_per_thread`` values each, but more
+    threads when there are too few rows to fill the GPU; and as many rows per block as fill
+    ``threads``. Measured: on an H200, 65536 x 1024, a warp per row ran the scalar forward in
+    0.22 ms, 128 threads in 0.31, 256 in 0.47, and the backward was fastest with 64; on an
+    H100 the 16-byte-load forward was fastest with 16-32 values a thread (1024 columns: 64
+    threads, 198 us, against 240 with 32 and 218 with 128; 768 columns: 32 threads, 22 against
+    25 us with 64; 8192 columns: 256 threads, 7.3 against 10.5 us with 128)."""
+    rounded = math.floor if at_least else math.ceil
+    log2 = max(_min_row_log2(), rounded(math.log2(max(1, n_cols / values_per_thread))))
     while (1 << log2) < threads and n_rows << log2 < target * 64:
         log2 += 1
     tx = min(threads, 1 << log2)
@@ -271,20 +316,42 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
     """The CUDA twin of :func:`normkit.functional.layer_norm`."""
     op = "layer_norm"
     xd, on_host = to_device(x, op)
-    args = _checks.LayerNormArgs(tuple(xd.shape), normalized_shape, weight, bias, eps)
+    args = _checks.LayerNormArgs(tuple(xd.shape), normalized_shape, weight, bias, eps,
+                                 vector=vec.param)
     shape, w, b, n_cols = args.normalized_shape, args.weight, args.bias, args.cols
     rows2 = (xd.size // n_cols, n_cols)
     threads, _, target = _geometry()
     ctx = _pool.current_context()
-    yd = _pool.empty(xd.shape, xd.dtype, ctx)
-    stats = _pool.empty((2, rows2[0]), np.float64, ctx)  # rows: mean, rstd
-    params = _affine_params(ctx, w, b, n_cols, _row_params_dtype(xd.dtype, param_dtype(weight, bias)))
-    launch(ln.forward_kernel, *_row_geometry(*rows2, threads, target, 32), Shaped(xd, rows2), params,
-           float(args.eps), Shaped(yd, rows2), stats)
+    # stats rows: mean, rstd of each row
+    yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((2, rows2[0]), np.float64))
+    user_dtype = vec.dtype_of(weight, bias)
+    host_dtype = _row_params_dtype(xd.dtype, user_dtype)
+    wd = _row_vector(ctx, w, n_cols, "ones", host_dtype)
+    bd = _row_vector(ctx, b, n_cols, "zeros", host_dtype)
+    if _vec4_rows(xd, n_cols, wd, bd):
+        kernel, geometry = ln.forward_vec4_kernel, _row_geometry(*rows2, threads, target, 16, True)
+    else:
+        kernel, geometry = ln.forward_kernel, _row_geometry(*rows2, threads, target, 32)
+    launch(kernel, *geometry, Shaped(xd, rows2), wd, bd, float(args.eps), Shaped(yd, rows2), stats)
     saved = LayerNormSaved(
         backend="cuda", x=xd, x_shape=tuple(xd.shape), normalized_shape=shape, mean=stats, rstd=None,
-        weight=w, has_bias=b is not None, param_dtype=param_dtype(weight, bias), host_io=on_host)
+        weight=w, has_bias=b is not None, param_dtype=user_dtype, host_io=on_host,
+        params_on_device=vec.on_device(w) or vec.on_device(b))
     return _result(yd, on_host), saved
+
+
+def _vec4_rows(xd, n_cols, *vectors):
+    """Whether the 16-byte-load LayerNorm kernels can run: float32 input in rows of a multiple
+    of four values, at least four per thread of a row's first warp, and every array 16-byte
+    aligned (the output, pooled, is)."""
+    return (xd.dtype == np.float32 and n_cols % 4 == 0 and n_cols >= 4 << _min_row_log2()
+            and aligned(xd, *(v.array if isinstance(v, Shaped) else v for v in vectors)))
+
+
+def _row_vector(ctx, v, n, default, host_dtype):
+    """A LayerNorm weight/bias as the kernels read it: a flat (n,) view of a device one."""
+    d = vec.kernel_vector(ctx, v, n, default, host_dtype)
+    return Shaped(d, (n,)) if len(d.shape) != 1 else d
 
 
 def layer_norm_backward(dy, saved):
@@ -301,21 +368,21 @@ def layer_norm_backward(dy, saved):
     x2, dy2 = Shaped(saved.x, rows2), Shaped(dyd, rows2)
     ctx = _pool.current_context()
     dxd = _pool.empty(saved.x_shape, saved.x.dtype, ctx)
-    params = _affine_params(ctx, saved.weight, None, n_cols,
-                            _row_params_dtype(saved.x.dtype, saved.param_dtype))
-    launch(ln.backward_dx_kernel, *_row_geometry(*rows2, threads, target, 16), dy2, x2, stats, params,
-           Shaped(dxd, rows2))
+    host_dtype = _row_params_dtype(saved.x.dtype, saved.param_dtype)
+    wd = _row_vector(ctx, saved.weight, n_cols, "ones", host_dtype)
+    if dyd.dtype == saved.x.dtype and _vec4_rows(saved.x, n_cols, dyd, wd):
+        kernel, geometry = ln.backward_dx_vec4_kernel, _row_geometry(*rows2, threads, target, 16, True)
+    else:
+        kernel, geometry = ln.backward_dx_kernel, _row_geometry(*rows2, threads, target, 16)
+    launch(kernel, *geometry, dy2, x2, stats, wd, Shaped(dxd, rows2))
     dweight = dbias = None
     if saved.weight is not None or saved.has_bias:
         col_blocks = math.ceil(n_cols / block2d[0])
         row_blocks = max(1, min(math.ceil(n_rows / block2d[1]), target // col_blocks + 1))
         partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64, ctx)
         launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials)
-        sums = _pool.scratch("ln sums", (2, n_cols), np.float64, ctx)
-        launch(ln.sum_partials_kernel, *_channel_grid(n_cols), partials, sums)
-        host_sums = sums.copy_to_host()
-        if saved.weight is not None:
-            dweight = host_sums[0].reshape(saved.normalized_shape).astype(saved.param_dtype)
-        if saved.has_bias:
-            dbias = host_sums[1].reshape(saved.normalized_shape).astype(saved.param_dtype)
+        dweight, dbias = _grad_outputs(ctx, saved, saved.normalized_shape)
+        launch(ln.sum_partials_kernel, *_channel_grid(n_cols), partials,
+               Shaped(dweight, (n_cols,)), Shaped(dbias, (n_cols,)))
+        dweight, dbias = _grads_to_caller(saved, dweight, dbias, saved.normalized_shape)
     return _result(dxd, saved.host_io), dweight, dbias

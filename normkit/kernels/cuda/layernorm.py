@@ -16,13 +16,14 @@ import math
 from numba import cuda, float64
 
 from ._reduce import BLOCK, add4, column_partials, partial_sums, row_sum2
+from ._vector_io import load4, load4_row, store4_row
 
 COL_X, ROW_Y = 32, 8
 
 
 @cuda.jit
-def forward_kernel(x, params, eps, out, stats):
-    """params: rows (weight, bias); stats: rows (mean, rstd) per row of x, written here."""
+def forward_kernel(x, weight, bias, eps, out, stats):
+    """stats: rows (mean, rstd) per row of x, written here."""
     n_rows, n_cols = x.shape
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
@@ -61,13 +62,13 @@ def forward_kernel(x, params, eps, out, stats):
                 v1 = float64(x[r, c + step])
                 v2 = float64(x[r, c + 2 * step])
                 v3 = float64(x[r, c + 3 * step])
-                out[r, c] = (v0 - mu) * rs * params[0, c] + params[1, c]
-                out[r, c + step] = (v1 - mu) * rs * params[0, c + step] + params[1, c + step]
-                out[r, c + 2 * step] = (v2 - mu) * rs * params[0, c + 2 * step] + params[1, c + 2 * step]
-                out[r, c + 3 * step] = (v3 - mu) * rs * params[0, c + 3 * step] + params[1, c + 3 * step]
+                out[r, c] = (v0 - mu) * rs * weight[c] + bias[c]
+                out[r, c + step] = (v1 - mu) * rs * weight[c + step] + bias[c + step]
+                out[r, c + 2 * step] = (v2 - mu) * rs * weight[c + 2 * step] + bias[c + 2 * step]
+                out[r, c + 3 * step] = (v3 - mu) * rs * weight[c + 3 * step] + bias[c + 3 * step]
                 c += 4 * step
             while c < n_cols:
-                out[r, c] = (float64(x[r, c]) - mu) * rs * params[0, c] + params[1, c]
+                out[r, c] = (float64(x[r, c]) - mu) * rs * weight[c] + bias[c]
                 c += step
             if tid == 0:
                 stats[0, r] = mu
@@ -75,7 +76,51 @@ def forward_kernel(x, params, eps, out, stats):
 
 
 @cuda.jit
-def backward_dx_kernel(dy, x, stats, params, out):
+def forward_vec4_kernel(x, weight, bias, eps, out, stats):
+    """:func:`forward_kernel` with 16-byte loads and stores (see ._vector_io): float32 rows of a
+    multiple of four values, every array 16-byte aligned. A thread takes four neighbouring
+    values at a time, two such loads in flight in the sums' loop."""
+    n_rows, n_cols = x.shape
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    c0 = cuda.threadIdx.x * 4
+    step = cuda.blockDim.x * 4
+    for first in range(cuda.blockIdx.x * cuda.blockDim.y, n_rows, cuda.gridDim.x * cuda.blockDim.y):
+        r = first + cuda.threadIdx.y
+        valid = r < n_rows
+        s1 = 0.0
+        s2 = 0.0
+        k = 0.0
+        if valid:
+            k = float64(x[r, 0])
+            c = c0
+            while c + step < n_cols:
+                a0, a1, a2, a3 = load4_row(x, r, c)
+                b0, b1, b2, b3 = load4_row(x, r, c + step)
+                s1, s2 = add4(s1, s2, a0 - k, a1 - k, a2 - k, a3 - k)
+                s1, s2 = add4(s1, s2, b0 - k, b1 - k, b2 - k, b3 - k)
+                c += 2 * step
+            if c < n_cols:
+                a0, a1, a2, a3 = load4_row(x, r, c)
+                s1, s2 = add4(s1, s2, a0 - k, a1 - k, a2 - k, a3 - k)
+        s1, s2 = row_sum2(s1, s2, sa, sb)
+        if valid:
+            mean_d = s1 / n_cols
+            mu = k + mean_d
+            rs = 1.0 / math.sqrt(max(s2 / n_cols - mean_d * mean_d, 0.0) + eps)
+            for c in range(c0, n_cols, step):
+                v0, v1, v2, v3 = load4_row(x, r, c)
+                w0, w1, w2, w3 = load4(weight, c)
+                b0, b1, b2, b3 = load4(bias, c)
+                store4_row(out, r, c, (v0 - mu) * rs * w0 + b0, (v1 - mu) * rs * w1 + b1,
+                           (v2 - mu) * rs * w2 + b2, (v3 - mu) * rs * w3 + b3)
+            if cuda.threadIdx.x == 0:
+                stats[0, r] = mu
+                stats[1, r] = rs
+
+
+@cuda.jit
+def backward_dx_kernel(dy, x, stats, weight, out):
     n_rows, n_cols = x.shape
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
@@ -93,10 +138,10 @@ def backward_dx_kernel(dy, x, stats, params, out):
             rs = stats[1, r]
             c = tid
             while c + 3 * step < n_cols:  # four independent pairs of loads in flight per thread
-                g0 = float64(dy[r, c]) * params[0, c]
-                g1 = float64(dy[r, c + step]) * params[0, c + step]
-                g2 = float64(dy[r, c + 2 * step]) * params[0, c + 2 * step]
-                g3 = float64(dy[r, c + 3 * step]) * params[0, c + 3 * step]
+                g0 = float64(dy[r, c]) * weight[c]
+                g1 = float64(dy[r, c + step]) * weight[c + step]
+                g2 = float64(dy[r, c + 2 * step]) * weight[c + 2 * step]
+                g3 = float64(dy[r, c + 3 * step]) * weight[c + 3 * step]
                 x0 = float64(x[r, c]) - mu
                 x1 = float64(x[r, c + step]) - mu
                 x2 = float64(x[r, c + 2 * step]) - mu
@@ -105,7 +150,7 @@ def backward_dx_kernel(dy, x, stats, params, out):
                 s2 += (g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)
                 c += 4 * step
             while c < n_cols:
-                g0 = float64(dy[r, c]) * params[0, c]
+                g0 = float64(dy[r, c]) * weight[c]
                 s1 += g0
                 s2 += g0 * (float64(x[r, c]) - mu)
                 c += step
@@ -115,10 +160,10 @@ def backward_dx_kernel(dy, x, stats, params, out):
             b = s2 * rs / n_cols
             c = tid
             while c + 3 * step < n_cols:
-                g0 = float64(dy[r, c]) * params[0, c]
-                g1 = float64(dy[r, c + step]) * params[0, c + step]
-                g2 = float64(dy[r, c + 2 * step]) * params[0, c + 2 * step]
-                g3 = float64(dy[r, c + 3 * step]) * params[0, c + 3 * step]
+                g0 = float64(dy[r, c]) * weight[c]
+                g1 = float64(dy[r, c + step]) * weight[c + step]
+                g2 = float64(dy[r, c + 2 * step]) * weight[c + 2 * step]
+                g3 = float64(dy[r, c + 3 * step]) * weight[c + 3 * step]
                 x0 = (float64(x[r, c]) - mu) * rs
                 x1 = (float64(x[r, c + step]) - mu) * rs
                 x2 = (float64(x[r, c + 2 * step]) - mu) * rs
@@ -130,8 +175,52 @@ def backward_dx_kernel(dy, x, stats, params, out):
                 c += 4 * step
             while c < n_cols:
                 xhat = (float64(x[r, c]) - mu) * rs
-                out[r, c] = rs * (float64(dy[r, c]) * params[0, c] - a - xhat * b)
+                out[r, c] = rs * (float64(dy[r, c]) * weight[c] - a - xhat * b)
                 c += step
+
+
+@cuda.jit(device=True)
+def _dx_terms(dy, x, weight, r, c, mu):
+    """(g0..g3, d0..d3) for the four values at [r, c:c + 4]: g = dy * weight and d = x - mean,
+    in float64, by three 16-byte loads."""
+    g0, g1, g2, g3 = load4_row(dy, r, c)
+    w0, w1, w2, w3 = load4(weight, c)
+    x0, x1, x2, x3 = load4_row(x, r, c)
+    return (float64(g0) * w0, float64(g1) * w1, float64(g2) * w2, float64(g3) * w3,
+            x0 - mu, x1 - mu, x2 - mu, x3 - mu)
+
+
+@cuda.jit
+def backward_dx_vec4_kernel(dy, x, stats, weight, out):
+    """:func:`backward_dx_kernel` with 16-byte loads and stores, on the terms of
+    :func:`forward_vec4_kernel` (float32 rows of a multiple of four values, 16-byte aligned)."""
+    n_rows, n_cols = x.shape
+    sa = cuda.shared.array(BLOCK, float64)
+    sb = cuda.shared.array(BLOCK, float64)
+    c0 = cuda.threadIdx.x * 4
+    step = cuda.blockDim.x * 4
+    for first in range(cuda.blockIdx.x * cuda.blockDim.y, n_rows, cuda.gridDim.x * cuda.blockDim.y):
+        r = first + cuda.threadIdx.y
+        valid = r < n_rows
+        s1 = 0.0
+        s2 = 0.0
+        mu = 0.0
+        rs = 0.0
+        if valid:
+            mu = stats[0, r]
+            rs = stats[1, r]
+            for c in range(c0, n_cols, step):
+                g0, g1, g2, g3, d0, d1, d2, d3 = _dx_terms(dy, x, weight, r, c, mu)
+                s1 += (g0 + g1) + (g2 + g3)
+                s2 += (g0 * d0 + g1 * d1) + (g2 * d2 + g3 * d3)
+        s1, s2 = row_sum2(s1, s2, sa, sb)
+        if valid:
+            a = s1 / n_cols
+            b = s2 * rs / n_cols
+            for c in range(c0, n_cols, step):
+                g0, g1, g2, g3, d0, d1, d2, d3 = _dx_terms(dy, x, weight, r, c, mu)
+                store4_row(out, r, c, rs * (g0 - a - d0 * rs * b), rs * (g1 - a - d1 * rs * b),
+                           rs * (g2 - a - d2 * rs * b), rs * (g3 - a - d3 * rs * b))
 
 
 @cuda.jit
@@ -169,14 +258,14 @@ def param_grad_kernel(dy, x, stats, partials):
 
 
 @cuda.jit
-def sum_partials_kernel(partials, sums):
-    """sums[i, col] = sum over p of partials[i * P + p, col], i = 0, 1 (P = partials rows / 2):
-    a row of threads (a warp) per column."""
+def sum_partials_kernel(partials, first, second):
+    """first[col] and second[col]: the sums over p of partials[p, col] and of partials[P + p,
+    col] (P = partials rows / 2); a row of threads (a warp) per column."""
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     col = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
     valid = col < partials.shape[1]
     s1, s2 = partial_sums(partials, col, 1, valid, sa, sb)
     if valid and cuda.threadIdx.x == 0:
-        sums[0, col] = s1
-        sums[1, col] = s2
+        first[col] = s1
+        second[col] = s2
