@@ -75,8 +75,8 @@ def _result(d, on_host):
 
 def _row_params_dtype(x_dtype, user_param_dtype):
     """float32 device copies of host LayerNorm parameters for float32 input when the user's
-    parameters are float32 too (or absent): exact, and half the bytes every row re-reads (the kernels compute in float64
-    either way); float64 otherwise."""
+    parameters are float32 too (or absent): exact, and half the bytes every row re-reads (the
+    kernels compute in float64 either way); float64 otherwise."""
     if np.dtype(x_dtype) == np.float32 and user_param_dtype in (None, np.dtype(np.float32)):
         return np.float32
     return np.float64
@@ -120,9 +120,8 @@ class _BatchNormShape:
 
     def elementwise(self, kernels, threads, target, *args):
         """Launch an elementwise kernel; ``kernels``: (wide, wide with 16-byte accesses or None,
-        runs);
-        ``args``: device arrays of this shape, then the coefficients, then the output (an
-        array of this shape too)."""
+        runs); ``args``: device arrays of this shape, then the coefficients, then the output
+        (an array of this shape too)."""
         *inputs, coef, out = args
         views = [Shaped(a, self.x2) for a in inputs]
         wide, wide_vec4, runs = kernels
@@ -196,8 +195,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     geo = _batch_norm_shape(tuple(xd.shape), axis)
     ctx = _pool.current_context()
     # stats rows: mean, biased variance, rstd (the backward's); coef rows: mean, scale, shift
-    yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((3, n_ch), np.float64))
-    if training or stats_on_device:
+    if training or stats_on_device:  # statistics computed on the device, into y's buffer
+        yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((3, n_ch), np.float64))
         coef = _pool.scratch("bn coef", (3, n_ch), np.float64, ctx)
         wd = vec.kernel_vector(ctx, w, n_ch, "ones", np.float64)
         bd = vec.kernel_vector(ctx, b, n_ch, "zeros", np.float64)
@@ -210,6 +209,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         launch(bn.eval_coefficients_kernel, (math.ceil(n_ch / threads),), (threads,),
                running_mean, running_var, wd, bd, float(args.eps), coef, stats)
     else:  # host running statistics: the coefficients are computed here, sent once and cached
+        yd = _pool.empty(xd.shape, xd.dtype, ctx)
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
         rstd, scale, shift = args.coefficients(var)
