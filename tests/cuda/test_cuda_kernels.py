@@ -337,9 +337,11 @@ def test_device_cache_of_zero_bytes_keeps_nothing(monkeypatch):
 def test_launches_bypass_the_dispatcher_after_the_first():
     from normkit.kernels.cuda import _launcher
     from normkit.kernels.cuda import layernorm as ln
-    x = cuda.to_device(np.ones((4, 8), np.float32))
-    F.layer_norm(x, 8)
-    assert any(k[0] is ln.forward_kernel and v is not None for k, v in _launcher._fast.items())
+    x = cuda.to_device(np.arange(4 * 8, dtype=np.float32).reshape(4, 8))
+    _, saved = F.layer_norm(x, 8)
+    F.layer_norm_backward(x, saved)  # takes the forward's statistics, a DeviceSpan
+    for kernel in (ln.forward_kernel, ln.backward_dx_kernel):
+        assert any(k[0] is kernel and v is not None for k, v in _launcher._fast.items())
 
 
 @gpu_only

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from numba import typeof
 
 from . import simulator as _simulator
+from ._pool import DeviceSpan
 
 
 class Shaped(NamedTuple):
@@ -32,7 +33,14 @@ _configs = {}   # (grid, block) -> cuda.core LaunchConfig
 
 
 def _numba_arg(a):
-    return a.array.reshape(a.shape) if isinstance(a, Shaped) else a
+    """What numba's dispatcher takes for a launch argument (Shaped views and the pool's
+    DeviceSpans become numba arrays)."""
+    if isinstance(a, Shaped):
+        return a.array.reshape(a.shape)
+    if isinstance(a, DeviceSpan):
+        from numba import cuda
+        return cuda.as_cuda_array(a)
+    return a
 
 
 def _core_kernel(dispatcher, args):

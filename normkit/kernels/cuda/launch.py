@@ -196,7 +196,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     ctx = _pool.current_context()
     # stats rows: mean, biased variance, rstd (the backward's); coef rows: mean, scale, shift
     if training or stats_on_device:  # statistics computed on the device, into y's buffer
-        yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((3, n_ch), np.float64))
+        yd, stats = _pool.empty_with_span(ctx, (xd.shape, xd.dtype), ((3, n_ch), np.float64))
         coef = _pool.scratch("bn coef", (3, n_ch), np.float64, ctx)
         wd = vec.kernel_vector(ctx, w, n_ch, "ones", np.float64)
         bd = vec.kernel_vector(ctx, b, n_ch, "zeros", np.float64)
@@ -323,7 +323,7 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
     threads, _, target = _geometry()
     ctx = _pool.current_context()
     # stats rows: mean, rstd of each row
-    yd, stats = _pool.empty_many(ctx, (xd.shape, xd.dtype), ((2, rows2[0]), np.float64))
+    yd, stats = _pool.empty_with_span(ctx, (xd.shape, xd.dtype), ((2, rows2[0]), np.float64))
     user_dtype = vec.dtype_of(weight, bias)
     host_dtype = _row_params_dtype(xd.dtype, user_dtype)
     wd = _row_vector(ctx, w, n_cols, "ones", host_dtype)

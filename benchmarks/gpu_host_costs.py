@@ -1,0 +1,73 @@
+"""Host cost, in microseconds per call, of the pieces of a normkit CUDA call.
+
+    python benchmarks/gpu_host_costs.py
+
+Needs a GPU and numba-cuda. Small arrays (32 x 128), so that the GPU never holds the host
+back: every figure is host time (Python, numba-cuda, the driver), which is what sets normkit's
+speed below ~100 MB (see benchmarks/RESULTS.md).
+"""
+
+import sys
+import time
+
+import numpy as np
+from numba import cuda
+
+from normkit import _checks
+from normkit import functional as F
+from normkit.kernels.cuda import _launcher, _pool, _vectors, launch as host
+from normkit.kernels.cuda import layernorm as ln
+from normkit.kernels.cuda._launcher import Shaped
+
+
+def per_call_us(fn, n=3000):
+    fn()
+    cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    elapsed = time.perf_counter() - start
+    cuda.synchronize()
+    return elapsed / n * 1e6
+
+
+def main():
+    rows, cols = 32, 128
+    x = cuda.to_device(np.ones((rows, cols), np.float32))
+    w, b = cuda.to_device(np.ones(cols, np.float32)), cuda.to_device(np.zeros(cols, np.float32))
+    out = cuda.device_array((rows, cols), np.float32)
+    stats = cuda.device_array((2, rows), np.float64)
+    args = (Shaped(x, (rows, cols)), w, b, 1e-5, Shaped(out, (rows, cols)), stats)
+    grid, block = (4,), (32, 8)
+    kernel = ln.forward_vec4_kernel
+    _launcher.launch(kernel, grid, block, *args)  # compiles; later launches skip the dispatcher
+    captured = {}
+    core_launch = _launcher._core_launch
+
+    def capture(*a):
+        captured["args"] = a
+        core_launch(*a)
+    _launcher._core_launch = capture
+    _launcher.launch(kernel, grid, block, *args)
+    _launcher._core_launch = core_launch
+    ctx = _pool.current_context()
+    costs = {
+        "normkit's launch()": lambda: _launcher.launch(kernel, grid, block, *args),
+        "cuda.core.launch alone": lambda: core_launch(*captured["args"]),
+        "_pool.current_context()": _pool.current_context,
+        "numba's cuda.current_context()": cuda.current_context,
+        "_pool.empty (an output)": lambda: _pool.empty((rows, cols), np.float32, ctx),
+        "_pool.empty_with_span (+ stats)": lambda: _pool.empty_with_span(
+            ctx, ((rows, cols), np.float32), ((2, rows), np.float64)),
+        "LayerNormArgs, device w and b": lambda: _checks.LayerNormArgs(
+            (rows, cols), cols, w, b, 1e-5, vector=_vectors.param),
+        "to_device(x), a device array": lambda: host.to_device(x, "op"),
+        "F.layer_norm, whole call": lambda: F.layer_norm(x, cols, w, b),
+    }
+    for name, fn in costs.items():
+        print(f"{name:>34}: {per_call_us(fn):6.2f} us", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
