@@ -8,7 +8,6 @@ speed below ~100 MB (see benchmarks/RESULTS.md).
 """
 
 import sys
-import time
 
 import numpy as np
 from numba import cuda
@@ -19,16 +18,7 @@ from normkit.kernels.cuda import _launcher, _pool, _vectors, launch as host
 from normkit.kernels.cuda import layernorm as ln
 from normkit.kernels.cuda._launcher import Shaped
 
-
-def per_call_us(fn, n=3000):
-    fn()
-    cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - start
-    cuda.synchronize()
-    return elapsed / n * 1e6
+from gpu_profile import host_us  # benchmarks/, this script's folder
 
 
 def main():
@@ -65,7 +55,7 @@ def main():
         "F.layer_norm, whole call": lambda: F.layer_norm(x, cols, w, b),
     }
     for name, fn in costs.items():
-        print(f"{name:>34}: {per_call_us(fn):6.2f} us", flush=True)
+        print(f"{name:>34}: {host_us(fn, 3000):6.2f} us", flush=True)
     return 0
 
 

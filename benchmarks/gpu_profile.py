@@ -19,30 +19,12 @@ import time
 import numpy as np
 from numba import cuda
 
-from normkit import functional as F
+from gpu_bench import normkit_calls  # benchmarks/, this script's folder
 
 CASES = [("layer_norm", (4096, 1024), None), ("layer_norm", (65536, 1024), None),
          ("layer_norm", (256, 8192), None), ("batch_norm", (65536, 256), 1),
          ("batch_norm", (32, 64, 56, 56), 1), ("batch_norm", (128, 56, 56, 64), -1),
          ("batch_norm", (256, 8192), 1)]
-
-
-def calls(op, shape, axis, host_params, rng):
-    """{pass name: a call} for one case, on device inputs."""
-    xd = cuda.to_device(rng.standard_normal(shape, dtype=np.float32))
-    dyd = cuda.to_device(rng.standard_normal(shape, dtype=np.float32))
-    c = shape[-1] if op == "layer_norm" else shape[axis]
-    put = (lambda a: a) if host_params else cuda.to_device
-    w, b = put(np.ones(c, np.float32)), put(np.zeros(c, np.float32))
-    if op == "layer_norm":
-        _, saved = F.layer_norm(xd, c, w, b)
-        return {"forward": lambda: F.layer_norm(xd, c, w, b),
-                "backward": lambda: F.layer_norm_backward(dyd, saved)}
-    rm, rv = put(np.zeros(c, np.float32)), put(np.ones(c, np.float32))
-    _, saved = F.batch_norm(xd, rm, rv, w, b, training=True, axis=axis)
-    return {"forward": lambda: F.batch_norm(xd, rm, rv, w, b, training=True, axis=axis),
-            "eval": lambda: F.batch_norm(xd, rm, rv, w, b, training=False, axis=axis),
-            "backward": lambda: F.batch_norm_backward(dyd, saved)}
 
 
 def host_us(fn, n=200):
@@ -83,7 +65,10 @@ def main(argv=None):
     profiles = io.StringIO()
     print("| case | pass | host us/call | GPU us/call | kernels (us) |\n|---|---|---:|---:|---|")
     for op, shape, axis in CASES:
-        for name, fn in calls(op, shape, axis, args.host_params, rng).items():
+        xd = cuda.to_device(rng.standard_normal(shape, dtype=np.float32))
+        dyd = cuda.to_device(rng.standard_normal(shape, dtype=np.float32))
+        c = shape[-1] if op == "layer_norm" else shape[axis]
+        for name, fn in normkit_calls(op, xd, dyd, c, axis, args.host_params).items():
             host = host_us(fn)
             kernels = kernel_us(fn)
             detail = ", ".join(f"{k} {v:.1f}" for k, v in kernels.items())

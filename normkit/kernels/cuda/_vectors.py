@@ -42,8 +42,8 @@ def host_vector(ctx, v, dtype):
 
 
 def as_device(v, op, name):
-    """A device array given for a vector, as a numba device array (a zero-copy view of other
-    CUDA arrays); float32/float64 and contiguous, or a clear error."""
+    """A device array given for ``name`` (an input or a vector) as a numba device array (a
+    zero-copy view of other CUDA arrays): float32/float64 and C-contiguous, or a clear error."""
     d = v if is_numba_device_array(v) else cuda.as_cuda_array(v)
     if np.dtype(d.dtype) not in _checks.FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float32 or float64 array, got dtype {d.dtype}")
@@ -93,7 +93,9 @@ def dtype_of(weight, bias):
     for p in (weight, bias):
         if p is not None:
             dtype = getattr(p, "dtype", None)
-            if isinstance(dtype, np.dtype):
+            if isinstance(dtype, np.dtype):  # NumPy and numba arrays
                 return dtype
-            return np.dtype(as_device(p, "", "").dtype) if is_device_array(p) else np.asarray(p).dtype
+            if is_device_array(p):  # e.g. a torch CUDA tensor, whose dtype is torch's
+                return np.dtype(cuda.as_cuda_array(p).dtype)
+            return np.asarray(p).dtype
     return None

@@ -197,14 +197,19 @@ def finalize_stats_kernel(partials, x, count, eps, weight, bias, coef, stats):
         mean_d = s1 / count
         v = s2 / count - mean_d * mean_d
         var = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
-        mean = float64(x[0, c, 0]) + mean_d
-        rstd = 1.0 / math.sqrt(var + eps)
-        stats[0, c] = mean
-        stats[1, c] = var
-        stats[2, c] = rstd
-        coef[0, c] = mean
-        coef[1, c] = weight[c] * rstd
-        coef[2, c] = bias[c]
+        _write_channel(c, float64(x[0, c, 0]) + mean_d, var, weight, bias, eps, coef, stats)
+
+
+@cuda.jit(device=True)
+def _write_channel(c, mean, var, weight, bias, eps, coef, stats):
+    """stats[:, c] = (mean, variance, rstd) and coef[:, c] = (mean, weight * rstd, bias)."""
+    rstd = 1.0 / math.sqrt(var + eps)
+    stats[0, c] = mean
+    stats[1, c] = var
+    stats[2, c] = rstd
+    coef[0, c] = mean
+    coef[1, c] = weight[c] * rstd
+    coef[2, c] = bias[c]
 
 
 @cuda.jit
@@ -237,15 +242,8 @@ def eval_coefficients_kernel(running_mean, running_var, weight, bias, eps, coef,
     host."""
     c = cuda.grid(1)
     if c < stats.shape[1]:
-        mean = float64(running_mean[c])
-        var = float64(running_var[c])
-        rstd = 1.0 / math.sqrt(var + eps)
-        stats[0, c] = mean
-        stats[1, c] = var
-        stats[2, c] = rstd
-        coef[0, c] = mean
-        coef[1, c] = weight[c] * rstd
-        coef[2, c] = bias[c]
+        _write_channel(c, float64(running_mean[c]), float64(running_var[c]), weight, bias, eps,
+                       coef, stats)
 
 
 @cuda.jit

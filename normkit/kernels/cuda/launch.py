@@ -21,7 +21,7 @@ import numpy as np
 from numba import cuda
 
 from ... import _checks
-from ..._backend import is_device_array, is_numba_device_array
+from ..._backend import is_device_array
 from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved
 from ..cpu.batchnorm import RUN_MIN
@@ -31,8 +31,8 @@ from . import simulator as _simulator
 from . import batchnorm as bn
 from . import layernorm as ln
 from ._launcher import Shaped, launch
-from ._vector_io import aligned
 from ._reduce import BLOCK
+from ._vector_io import aligned
 
 
 def _min_row_log2():
@@ -57,13 +57,9 @@ def _geometry():
 def to_device(x, op, name="x"):
     """(device array, came_from_host) for a float32/float64 input; clear errors otherwise."""
     if is_device_array(x):
-        d = x if is_numba_device_array(x) else cuda.as_cuda_array(x)  # zero-copy view
-        if np.dtype(d.dtype) not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} must be a float32 or float64 array, got dtype {d.dtype}")
+        d = vec.as_device(x, op, name)  # checked; a zero-copy view of other CUDA arrays
         if d.size == 0:
             raise ValueError(f"{op}: {name} is empty (shape {d.shape})")
-        if not d.is_c_contiguous():
-            raise ValueError(f"{op}: device array {name} must be C-contiguous (copy it first)")
         return d, False
     host = _checks.float_array(x, op, name)
     return cuda.to_device(np.ascontiguousarray(host)), True
