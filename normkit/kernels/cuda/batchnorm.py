@@ -8,7 +8,9 @@
 Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first value (the CPU
 module explains why this is exact); blocks write partial sums, and a one-warp-per-channel
 kernel turns them into the mean, variance and the coefficients of the elementwise pass, on the
-device: no host round trip between the two passes.
+device: no host round trip between the two passes. Running statistics that live on the device
+are updated there too (``update_running_kernel``), and eval mode with them computes its
+coefficients there (``eval_coefficients_kernel``).
 
 The elementwise passes have a kernel per layout, so that the channel of a value is known per
 column (wide) or per row (runs) and found with one integer division per column or row, not per
