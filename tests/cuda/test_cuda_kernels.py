@@ -234,6 +234,21 @@ def test_layer_norm_with_device_parameters(dtype):
     _close(db.copy_to_host(), R.layer_norm_backward(dy, R.layer_norm(x, ns, None, b)[1])[2], dtype, 3)
 
 
+def test_a_direct_launch_that_cannot_be_set_up_is_logged_once(caplog, monkeypatch):
+    from normkit.kernels.cuda import _launcher
+    monkeypatch.setattr(_launcher, "_fallbacks_logged", set())
+
+    class UnknownInternals:  # a dispatcher of another numba-cuda: no overload to look up
+        overloads = {}
+
+    with caplog.at_level("WARNING", logger=_launcher.__name__):
+        assert _launcher._core_kernel(UnknownInternals(), (1, 2.0)) is None
+        assert _launcher._core_kernel(UnknownInternals(), (3, 4.0)) is None
+    records = [r for r in caplog.records if r.name == _launcher.__name__]
+    assert len(records) == 1 and "dispatcher" in records[0].getMessage()
+    assert "KeyError" in records[0].getMessage()
+
+
 # ------------------------------------------------------------------------------------------------
 # Real GPU only: the simulator has no device memory to pool and no cuda.core launch path, and
 # realistic sizes (full 256-thread blocks, many grid-stride iterations) are too slow for it.

@@ -13,6 +13,7 @@ or under the simulator, every launch goes through the dispatcher: slower, never 
 """
 
 import ctypes
+import logging
 from typing import NamedTuple
 
 from numba import typeof
@@ -30,6 +31,21 @@ class Shaped(NamedTuple):
 
 _fast = {}      # (dispatcher, argument key) -> cuda.core kernel, or None: use the dispatcher
 _configs = {}   # (grid, block) -> cuda.core LaunchConfig
+_log = logging.getLogger(__name__)
+_fallbacks_logged = set()  # the reasons already logged, so a fallback is reported once, not per call
+
+
+def _fall_back(where, exc):
+    """Log (once per kind of failure) that launches go through the dispatcher from now on.
+
+    Why: the fallback is deliberate (other numba-cuda versions), but silent it hides real bugs:
+    a NameError here once sent every launch through the 3x slower dispatcher unnoticed.
+    """
+    reason = (where, type(exc).__name__)
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        _log.warning("normkit: %s failed (%s: %s); those kernels launch through numba-cuda's "
+                     "dispatcher (slower, same results)", where, type(exc).__name__, exc)
 
 
 def _numba_arg(a):
@@ -49,7 +65,8 @@ def _core_kernel(dispatcher, args):
         from cuda.core import LaunchConfig, launch  # noqa: F401  (both needed below)
         overload = dispatcher.overloads[tuple(typeof(_numba_arg(a)) for a in args)]
         return overload._codelibrary.get_cufunc().kernel
-    except Exception:  # another numba-cuda layout of internals: keep the dispatcher
+    except Exception as exc:  # another numba-cuda layout of internals: keep the dispatcher
+        _fall_back("finding the compiled kernel for a direct launch", exc)
         return None
 
 
@@ -96,7 +113,8 @@ def launch(dispatcher, grid, block, *args):
         try:
             _core_launch(_default_stream(), _config(grid, block), kernel, *params)
             return
-        except Exception:  # cuda.core refused before launching: use the dispatcher from now on
+        except Exception as exc:  # cuda.core refused before launching: dispatcher from now on
+            _fall_back("a direct cuda.core launch", exc)
             _fast[key] = None
     dispatcher[grid, block](*map(_numba_arg, args))
     if key not in _fast:  # the first launch of this signature compiled it: look it up
