@@ -47,3 +47,16 @@ def assert_close(actual, expected, dtype, scale=1.0, what=""):
 def pytest_terminal_summary(terminalreporter):
     # Shown also under -q, so that a failure seen in CI can be replayed.
     terminalreporter.write_line(f"normkit test seed: NORMKIT_TEST_SEED={SESSION_SEED}")
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: start it only if it will run
+def pytest_collection_modifyitems(config, items):
+    """Start the simulator run of tests/cuda now if its test was selected (it then overlaps with
+    the rest of the suite instead of adding ~3 minutes at the end)."""
+    if config.option.collectonly:
+        return
+    for item in items:
+        if item.name == "test_cuda_kernels_under_the_simulator":
+            config.stash[item.module.SIMULATOR_RUN] = item.module.SimulatorRun()
+            config.add_cleanup(config.stash[item.module.SIMULATOR_RUN].stop)
+            return
