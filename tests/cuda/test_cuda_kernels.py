@@ -118,6 +118,52 @@ def test_layers_work_with_device_arrays_end_to_end():
     assert bn.num_batches_tracked == 1
 
 
+# Device views that are not C-contiguous: (full shape, the view, how the forward reads it).
+# numba device arrays transpose in 2-D only on a GPU, so the other layouts are slices.
+STRIDED_VIEWS = [
+    ((6, 10), lambda a: a[:, 1::2], 1),                   # every other channel
+    ((7, 5), lambda a: a.T, 0),                           # (features, batch) seen transposed
+    ((3, 4, 5, 6), lambda a: a[:, 1:, :, ::3], 1),        # NCHW, a channel and columns dropped
+    ((3, 4, 5, 6), lambda a: a[1:, :, 1:4, :5], -1),      # channels-last, a window
+    ((2, 1, 3, 4), lambda a: a[:, :, ::2, :], 1),         # a size-1 axis
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("full,view,axis", STRIDED_VIEWS)
+def test_strided_device_inputs_match_the_reference(full, view, axis, dtype):
+    rng = np.random.default_rng(11)
+    x_full = (rng.standard_normal(full) * 2 + 3).astype(dtype)
+    dy_full = rng.standard_normal(full).astype(dtype)
+    x, dy = view(x_full), view(dy_full)
+    xd, dyd = view(cuda.to_device(x_full)), view(cuda.to_device(dy_full))
+    assert not xd.is_c_contiguous()
+    w = rng.standard_normal(x.shape[axis]).astype(dtype)
+    y, saved = F.batch_norm(xd, None, None, w, None, training=True, axis=axis)
+    y_ref, saved_ref = R.batch_norm(x, None, None, w, None, training=True, axis=axis)
+    assert y.shape == x.shape and y.is_c_contiguous()
+    _close(y.copy_to_host(), y_ref, dtype)
+    dx, dw, _ = F.batch_norm_backward(dyd, saved)
+    dx_ref, dw_ref, _ = R.batch_norm_backward(dy, saved_ref)
+    _close(dx.copy_to_host(), dx_ref, dtype, 10)
+    _close(dw, dw_ref, dtype, 10)
+    # LayerNorm over the last axis of the same views; dy in C order, a layout unlike x's
+    y, saved = F.layer_norm(xd, x.shape[-1])
+    y_ref, saved_ref = R.layer_norm(x, x.shape[-1])
+    _close(y.copy_to_host(), y_ref, dtype)
+    dx, _, _ = F.layer_norm_backward(cuda.to_device(np.ascontiguousarray(dy)), saved)
+    _close(dx.copy_to_host(), R.layer_norm_backward(dy, saved_ref)[0], dtype, 10)
+
+
+def test_strided_device_inputs_leave_the_input_unchanged_and_refuse_negative_strides():
+    x_full = np.arange(48, dtype=np.float32).reshape(6, 8)
+    xd_full = cuda.to_device(x_full)
+    F.layer_norm(xd_full[:, ::2], 4)
+    np.testing.assert_array_equal(xd_full.copy_to_host(), x_full)
+    with pytest.raises(ValueError, match="negative"):
+        F.layer_norm(xd_full[::-1], 8)
+
+
 def test_errors_are_the_cpu_ones():
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         F.batch_norm(np.ones((1, 3), np.float32), None, None, training=True, backend="cuda")
@@ -373,3 +419,15 @@ def test_torch_cuda_tensors_are_used_in_place():
     yt = torch.as_tensor(y, device="cuda")  # numba device arrays expose __cuda_array_interface__
     torch.testing.assert_close(yt, torch.nn.functional.batch_norm(xt, None, None, training=True),
                                rtol=1e-5, atol=1e-5)
+
+
+@gpu_only
+def test_torch_channels_last_tensors_are_gathered():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    x = np.random.default_rng(10).standard_normal((4, 6, 5, 7)).astype(np.float32)
+    xt = torch.as_tensor(x, device="cuda").to(memory_format=torch.channels_last)
+    assert not xt.is_contiguous()
+    y, _ = F.batch_norm(xt, None, None, training=True)
+    _close(y.copy_to_host(), R.batch_norm(x, None, None, training=True)[0], np.float32)

@@ -41,13 +41,14 @@ def host_vector(ctx, v, dtype):
     return device
 
 
-def as_device(v, op, name):
+def as_device(v, op, name, contiguous=True):
     """A device array given for ``name`` (an input or a vector) as a numba device array (a
-    zero-copy view of other CUDA arrays): float32/float64 and C-contiguous, or a clear error."""
+    zero-copy view of other CUDA arrays): float32/float64 and, with ``contiguous``,
+    C-contiguous; or a clear error."""
     d = v if is_numba_device_array(v) else cuda.as_cuda_array(v)
     if np.dtype(d.dtype) not in _checks.FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float32 or float64 array, got dtype {d.dtype}")
-    if not d.is_c_contiguous():
+    if contiguous and not d.is_c_contiguous():
         raise ValueError(f"{op}: device array {name} must be C-contiguous (copy it first)")
     return d
 

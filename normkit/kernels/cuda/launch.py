@@ -2,8 +2,9 @@
 
 Inputs may be NumPy arrays (copied to the device, results copied back) or device arrays: numba
 device arrays or anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), used in
-place, with results left on the device as numba device arrays. Device inputs must be
-C-contiguous (a host input of any layout is made contiguous on its way to the device).
+place, with results left on the device as numba device arrays (C-contiguous). Inputs of any layout are
+accepted: a host input is made contiguous on its way to the device, a device input of another
+layout is gathered into a C-contiguous copy on the device (:mod:`._strided`).
 
 Per call the host does as little as it can, because numba-cuda's host costs (tens of us per
 launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
@@ -25,7 +26,7 @@ from ..._backend import is_device_array
 from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved
 from ..cpu.batchnorm import RUN_MIN
-from . import _pool
+from . import _pool, _strided
 from . import _vectors as vec
 from . import simulator as _simulator
 from . import batchnorm as bn
@@ -55,11 +56,16 @@ def _geometry():
 
 
 def to_device(x, op, name="x"):
-    """(device array, came_from_host) for a float32/float64 input; clear errors otherwise."""
+    """(C-contiguous device array, came_from_host) for a float32/float64 input; clear errors
+    otherwise. Device inputs of another layout are copied into a C-contiguous array."""
     if is_device_array(x):
-        d = vec.as_device(x, op, name)  # checked; a zero-copy view of other CUDA arrays
+        # checked; a zero-copy view of other CUDA arrays
+        d = vec.as_device(x, op, name, contiguous=False)
         if d.size == 0:
             raise ValueError(f"{op}: {name} is empty (shape {d.shape})")
+        if not d.is_c_contiguous():
+            threads, _, target = _geometry()
+            d = _strided.contiguous(d, threads, target, op, name)
         return d, False
     host = _checks.float_array(x, op, name)
     return cuda.to_device(np.ascontiguousarray(host)), True

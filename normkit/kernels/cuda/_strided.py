@@ -1,0 +1,61 @@
+"""Device inputs that are not C-contiguous: gathered into a C-contiguous copy on the device.
+
+The kernels index C-contiguous arrays (and load 16 bytes at a time where they can), so a device
+input of another layout, such as a transposed or sliced CuPy or numba array, or a PyTorch tensor
+in ``channels_last`` memory format, is first copied into a pooled C-contiguous array by
+:func:`gather_kernel`: one read and one write of the input, as PyTorch's ``.contiguous()``. The
+CPU kernels read such layouts in place; here the copy keeps every kernel to one layout.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import _pool
+from . import simulator as _simulator
+
+
+@cuda.jit
+def gather_kernel(src, shape, strides, dst):
+    """``dst`` (1-D, C order) = the array of ``shape`` whose element (j0, j1, ...) is
+    ``src[j0 * strides[0] + j1 * strides[1] + ...]``: ``src`` is the memory the strided array
+    spans, from its first element, and ``strides`` are in elements."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < dst.size:
+        rest = i
+        offset = 0
+        for k in range(len(shape) - 1, -1, -1):  # last axis first: C order
+            offset += (rest % shape[k]) * strides[k]
+            rest //= shape[k]
+        dst[i] = src[offset]
+        i += step
+
+
+def contiguous(d, threads, target, op, name):
+    """``d`` (a non-empty numba device array) itself if C-contiguous, else a C-contiguous copy
+    from the pool. ``threads``/``target``: threads per block and target number of blocks."""
+    if d.is_c_contiguous():
+        return d
+    itemsize = d.dtype.itemsize
+    if any(s < 0 or s % itemsize for s in d.strides):
+        raise ValueError(f"{op}: device array {name} has strides {tuple(d.strides)} (bytes): "
+                         "negative or not a multiple of its item size; copy it first")
+    strides = tuple(s // itemsize for s in d.strides)
+    span = 1 + sum((n - 1) * s for n, s in zip(d.shape, strides))
+    out = _pool.empty(tuple(d.shape), d.dtype, _pool.current_context())
+    blocks = max(1, min(math.ceil(d.size / threads), 4 * target))
+    # Through numba's dispatcher, not normkit's launcher: it takes the tuples, and this copy is
+    # the exception, not the per-call path.
+    gather_kernel[blocks, threads](_span(d, span), tuple(d.shape), strides, out.reshape(d.size))
+    return out
+
+
+def _span(d, n):
+    """The ``n`` elements of memory from ``d``'s first element on, as a 1-D device array."""
+    if _simulator():  # the simulator's device arrays wrap host NumPy arrays
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(np.lib.stride_tricks.as_strided(d._ary, (n,), (d.dtype.itemsize,)))
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray((n,), (d.dtype.itemsize,), d.dtype, gpu_data=d.gpu_data)
