@@ -120,15 +120,18 @@ def _give_back(buffer):
             _free_bytes -= _free.pop(0).nbytes - PADDING
 
 
-def empty(shape, dtype, apart_from=()):
+def empty(shape, dtype, apart_from=(), *, cache_min_bytes=None):
     """A new uninitialised C-contiguous array, like ``np.empty(shape, dtype)``, whose data starts
     on a 64-byte boundary, clear of the arrays in ``apart_from`` (at most two: the inputs the
-    output is computed from) modulo 1 MiB."""
+    output is computed from) modulo 1 MiB. Arrays of ``cache_min_bytes`` and more (default
+    ``config.OUTPUT_CACHE_MIN_BYTES``) reuse freed buffers."""
     if len(apart_from) > MAX_APART_FROM:
         raise ValueError(f"empty: at most {MAX_APART_FROM} arrays to keep apart from")
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < config.OUTPUT_CACHE_MIN_BYTES or nbytes > config.OUTPUT_CACHE_BYTES:
+    if cache_min_bytes is None:
+        cache_min_bytes = config.OUTPUT_CACHE_MIN_BYTES
+    if nbytes < cache_min_bytes or nbytes > config.OUTPUT_CACHE_BYTES:
         buffer = _new_buffer(nbytes)
         first = apart_from[0] if apart_from else buffer  # placeholders are not looked at
         start = _start_in(buffer, first, apart_from[-1] if apart_from else buffer, len(apart_from))
@@ -139,6 +142,24 @@ def empty(shape, dtype, apart_from=()):
     owner = _Owner(buffer, nbytes, output_address(_address(buffer), [_address(a) for a in apart_from]))
     weakref.finalize(owner, _give_back, buffer)
     return np.asarray(owner).view(dtype).reshape(shape)
+
+
+# Work arrays of this size and more come from the cache of freed buffers. Allocated afresh on
+# every call, glibc handed them back to the OS when they were freed (mmap, or trimming the top
+# of its heap), and the next call page-faulted them in again: LayerNorm backward partials on
+# (16, 8192) and (8, 32768), 460-1060 faults a call and 5-9x the time of the kernel itself;
+# LayerNorm forward statistics on (262144, 64), ~1000 faults a call (measured; none when glibc
+# keeps its memory: MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ set high).
+WORK_CACHE_MIN_BYTES = 128 << 10  # glibc's default trim and mmap thresholds
+
+
+def work_array(shape):
+    """An uninitialised float64 array for what a kernel computes beside its output (partial sums,
+    per-row statistics), reusing a freed buffer when it is large enough for glibc to hand its
+    memory back to the OS."""
+    if math.prod(shape) * 8 < WORK_CACHE_MIN_BYTES:
+        return np.empty(shape)  # malloc reuses these itself; and small calls want no overhead
+    return empty(shape, np.float64, cache_min_bytes=WORK_CACHE_MIN_BYTES)
 
 
 def cached_bytes():

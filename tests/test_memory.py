@@ -172,3 +172,41 @@ def test_layers_outputs_stay_independent_when_buffers_are_reused(cache, rng, ker
         del y, saved
         gc.collect()
     assert _memory.cached_bytes() > 0
+
+
+def test_work_arrays_reuse_freed_buffers():
+    normkit.empty_cache()
+    n = _memory.WORK_CACHE_MIN_BYTES // 8  # float64 values
+    a = _memory.work_array((2, n // 2))
+    assert a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable
+    address = _address(a)
+    del a
+    gc.collect()
+    assert _memory.cached_bytes() == n * 8
+    b = _memory.work_array((4, n // 4))  # same bytes: the same buffer
+    assert _address(b) == address and _memory.cached_bytes() == 0
+    del b
+    small = _memory.work_array((n // 2,))  # below the threshold: an ordinary array, never cached
+    del small
+    gc.collect()
+    assert _memory.cached_bytes() == n * 8
+    normkit.empty_cache()
+
+
+def test_layer_norm_backward_partials_are_reused(rng):
+    # Wide rows, few of them: the dweight/dbias partials (2 x 16 chunks x 8192 float64) are the
+    # large temporary that glibc used to hand back to the OS after every call.
+    normkit.empty_cache()
+    x = rng.standard_normal((16, 8192)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(8192).astype(np.float32)
+    _, saved = F.layer_norm(x, 8192, w, None)
+    first = F.layer_norm_backward(dy, saved)
+    gc.collect()
+    assert _memory.cached_bytes() == 2 * 16 * 8192 * 8
+    second = F.layer_norm_backward(dy, saved)  # takes the cached buffer: same results
+    for a, b in zip(first[:2], second[:2]):
+        np.testing.assert_array_equal(a, b)
+    _, ref_saved = R.layer_norm(x, 8192, w, None)
+    assert_close(second[1], R.layer_norm_backward(dy, ref_saved)[1], np.float32, scale=16)
+    normkit.empty_cache()

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import prange
 
+from ... import _memory
 from ._compile import (cast_like, helper, inline_helper, kernel, split_like, wide_vectors,
                        wide_vectors_for)
 from .batchnorm import run_shifted_sums
@@ -179,16 +180,17 @@ def _pipelined_row_pairs(dy, x, mean, rstd, weight, out, r0, h, inv_n, dw, db):
 
 
 @kernel
-def _backward(dy, x, mean, rstd, weight, out, n_chunks):
+def _backward(dy, x, mean, rstd, weight, out, partials):
+    """dx into ``out``; (dweight, dbias). ``partials``: (2, chunks, cols) float64 work array (see _memory.work_array), for
+    each chunk of rows' dweight and dbias terms."""
     n_rows, n_cols = x.shape
     inv_n = 1.0 / n_cols
+    n_chunks = partials.shape[1]
     rows_per_chunk = (n_rows + n_chunks - 1) // n_chunks
-    dweight = np.empty((n_chunks, n_cols))
-    dbias = np.empty((n_chunks, n_cols))
     for k in prange(n_chunks):
         wide_vectors_for(out)
-        dw = dweight[k]
-        db = dbias[k]
+        dw = partials[0, k]
+        db = partials[1, k]
         dw[:] = 0.0  # zeroed here, in parallel and into this core's cache
         db[:] = 0.0
         r0 = k * rows_per_chunk
@@ -201,15 +203,21 @@ def _backward(dy, x, mean, rstd, weight, out, n_chunks):
             _pipelined_row_pairs(dy, x, mean, rstd, weight, out, r0, h, inv_n, dw, db)
         elif h:
             _row_pairs(dy, x, mean, rstd, weight, out, r0, h, inv_n, dw, db)
-        for r in range(r0 + 2 * h, r1):
-            xr, gr, o = x[r], dy[r], out[r]
-            a, b = _row_sums(gr, xr, weight, mean[r], rstd[r])
-            mu, rs, mean_g, mean_g_xhat = _dx_coefficients(a, b, mean[r], rstd[r], inv_n)
-            for c in range(n_cols):
-                o[c], t = _dx(gr[c], xr[c], weight[c], mu, rs, mean_g, mean_g_xhat)
-                dw[c] += t
-                db[c] += np.float64(gr[c])
-    return _sum_rows(dweight), _sum_rows(dbias)
+        if r0 + 2 * h < r1:  # the chunk's odd row
+            _single_row(dy, x, mean, rstd, weight, out, r1 - 1, inv_n, dw, db)
+    return _sum_rows(partials[0]), _sum_rows(partials[1])
+
+
+@inline_helper
+def _single_row(dy, x, mean, rstd, weight, out, r, inv_n, dw, db):
+    """dx of row r, its dweight/dbias terms added to dw, db."""
+    xr, gr, o = x[r], dy[r], out[r]
+    a, b = _row_sums(gr, xr, weight, mean[r], rstd[r])
+    mu, rs, mean_g, mean_g_xhat = _dx_coefficients(a, b, mean[r], rstd[r], inv_n)
+    for c in range(weight.shape[0]):
+        o[c], t = _dx(gr[c], xr[c], weight[c], mu, rs, mean_g, mean_g_xhat)
+        dw[c] += t
+        db[c] += np.float64(gr[c])
 
 
 @helper
@@ -225,8 +233,8 @@ def _sum_rows(partials):
 def forward(x, weight, bias, eps, out):
     """Normalise each row of ``x`` into ``out``; return per-row mean and rstd (float64).
     ``weight``/``bias`` are float64 vectors, applied in the output's dtype."""
-    mean = np.empty(x.shape[0])
-    rstd = np.empty(x.shape[0])
+    mean = _memory.work_array((x.shape[0],))
+    rstd = _memory.work_array((x.shape[0],))
     _forward(x, weight.astype(out.dtype), bias.astype(out.dtype), eps, out, mean, rstd,
              forward_rows_per_task(x.shape[0]), work=x.size)
     return mean, rstd
@@ -234,5 +242,5 @@ def forward(x, weight, bias, eps, out):
 
 def backward(dy, x, mean, rstd, weight, out):
     """Write dx into ``out``; return dweight and dbias (float64, one value per column)."""
-    n_chunks = min(BACKWARD_CHUNKS, x.shape[0])
-    return _backward(dy, x, mean, rstd, weight, out, n_chunks, work=x.size)
+    partials = _memory.work_array((2, min(BACKWARD_CHUNKS, x.shape[0]), x.shape[1]))
+    return _backward(dy, x, mean, rstd, weight, out, partials, work=x.size)
