@@ -133,7 +133,8 @@ def empty(shape, dtype, apart_from=(), *, cache_min_bytes=None):
         cache_min_bytes = config.OUTPUT_CACHE_MIN_BYTES
     if nbytes < cache_min_bytes or nbytes > config.OUTPUT_CACHE_BYTES:
         buffer = _new_buffer(nbytes)
-        first = apart_from[0] if apart_from else buffer  # placeholders are not looked at
+        # (the buffer stands in for missing inputs: _start_in compares only n_inputs of them)
+        first = apart_from[0] if apart_from else buffer
         start = _start_in(buffer, first, apart_from[-1] if apart_from else buffer, len(apart_from))
         return buffer[start:start + nbytes].view(dtype).reshape(shape)
     buffer = _take(nbytes)

@@ -181,8 +181,8 @@ def _pipelined_row_pairs(dy, x, mean, rstd, weight, out, r0, h, inv_n, dw, db):
 
 @kernel
 def _backward(dy, x, mean, rstd, weight, out, partials):
-    """dx into ``out``; (dweight, dbias). ``partials``: (2, chunks, cols) float64 work array (see _memory.work_array), for
-    each chunk of rows' dweight and dbias terms."""
+    """dx into ``out``; returns (dweight, dbias). ``partials``: a (2, chunks, cols) float64 work
+    array (see ``_memory.work_array``) for each chunk of rows' dweight and dbias terms."""
     n_rows, n_cols = x.shape
     inv_n = 1.0 / n_cols
     n_chunks = partials.shape[1]

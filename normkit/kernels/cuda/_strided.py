@@ -33,11 +33,10 @@ def gather_kernel(src, shape, strides, dst):
         i += step
 
 
-def contiguous(d, threads, target, op, name):
-    """``d`` (a non-empty numba device array) itself if C-contiguous, else a C-contiguous copy
-    from the pool. ``threads``/``target``: threads per block and target number of blocks."""
-    if d.is_c_contiguous():
-        return d
+def gather(d, threads, target, op, name):
+    """A C-contiguous copy, from the pool, of the non-empty numba device array ``d`` (input
+    ``name`` of ``op``, for errors). ``threads``/``target``: threads per block and target
+    number of blocks."""
     itemsize = d.dtype.itemsize
     if any(s < 0 or s % itemsize for s in d.strides):
         raise ValueError(f"{op}: device array {name} has strides {tuple(d.strides)} (bytes): "

@@ -2,9 +2,9 @@
 
 Inputs may be NumPy arrays (copied to the device, results copied back) or device arrays: numba
 device arrays or anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), used in
-place, with results left on the device as numba device arrays (C-contiguous). Inputs of any layout are
-accepted: a host input is made contiguous on its way to the device, a device input of another
-layout is gathered into a C-contiguous copy on the device (:mod:`._strided`).
+place, with results left on the device as numba device arrays (C-contiguous). Inputs of any
+layout are accepted: a host input is made contiguous on its way to the device, a device input of
+another layout is gathered into a C-contiguous copy on the device (:mod:`._strided`).
 
 Per call the host does as little as it can, because numba-cuda's host costs (tens of us per
 launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
@@ -65,7 +65,7 @@ def to_device(x, op, name="x"):
             raise ValueError(f"{op}: {name} is empty (shape {d.shape})")
         if not d.is_c_contiguous():
             threads, _, target = _geometry()
-            d = _strided.contiguous(d, threads, target, op, name)
+            d = _strided.gather(d, threads, target, op, name)
         return d, False
     host = _checks.float_array(x, op, name)
     return cuda.to_device(np.ascontiguousarray(host)), True
