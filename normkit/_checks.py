@@ -83,6 +83,8 @@ def running_stat(r, n_channels, op, name):
 
 
 def normalized_shape_tuple(normalized_shape, op):
+    if type(normalized_shape) is int and normalized_shape > 0:  # the common case, without ABC
+        return (normalized_shape,)                                # checks (2 us of a 25 us call)
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         normalized_shape = (normalized_shape,)
     try:
