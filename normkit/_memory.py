@@ -64,14 +64,24 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
+@njit(cache=True)
+def _placed(buffer_address, first, second, n_inputs):
+    """:func:`output_address` for ``n_inputs`` (0 to 2) of the input addresses ``first`` and
+    ``second`` (int64): the one implementation of the rule."""
+    address = buffer_address + (-buffer_address) % ALIGNMENT
+    while ((n_inputs > 0 and 0 < (address - first) % ALIAS_SPAN <= ALIAS_WINDOW)
+           or (n_inputs > 1 and 0 < (address - second) % ALIAS_SPAN <= ALIAS_WINDOW)):
+        address += ALIGNMENT
+    return address
+
+
 def output_address(buffer_address, input_addresses):
     """Where an output starts in a buffer at ``buffer_address``: the first 64-byte boundary,
     moved on a line at a time while it lies 1 to ``ALIAS_WINDOW`` bytes after an input's address
-    modulo 1 MiB (at most ``ALIAS_WINDOW`` bytes per input: within ``PADDING``)."""
-    address = buffer_address + (-buffer_address) % ALIGNMENT
-    while any(0 < (address - a) % ALIAS_SPAN <= ALIAS_WINDOW for a in input_addresses):
-        address += ALIGNMENT
-    return address
+    (at most two inputs) modulo 1 MiB (at most ``ALIAS_WINDOW`` bytes per input: within
+    ``PADDING``)."""
+    padded = [*input_addresses, 0, 0]
+    return _placed(buffer_address, padded[0], padded[1], len(input_addresses))
 
 
 @njit(cache=True)
@@ -82,13 +92,7 @@ def _start_in(buffer, first, second, n_inputs):
     Compiled because reading an array's address from Python costs ~2 us (NumPy builds its whole
     ``__array_interface__``): three of them were a third of a (32, 256) BatchNorm eval call."""
     base = np.int64(buffer.ctypes.data)
-    a1 = np.int64(first.ctypes.data)
-    a2 = np.int64(second.ctypes.data)
-    address = base + (-base) % ALIGNMENT
-    while ((n_inputs > 0 and 0 < (address - a1) % ALIAS_SPAN <= ALIAS_WINDOW)
-           or (n_inputs > 1 and 0 < (address - a2) % ALIAS_SPAN <= ALIAS_WINDOW)):
-        address += ALIGNMENT
-    return address - base
+    return _placed(base, np.int64(first.ctypes.data), np.int64(second.ctypes.data), n_inputs) - base
 
 
 def _new_buffer(nbytes):
