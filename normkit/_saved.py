@@ -25,7 +25,8 @@ class BatchNormSaved:
     count: int                   # values per channel
     running_stats_updated: Optional[bool]  # whether this call changed the running statistics
     #                                       (None: not known; cuda, running statistics on the device)
-    layout: Any = None           # numba: the BatchNormLayout the kernels used
+    layout: Any = None           # numba: the BatchNormLayout the kernels used; cuda: the
+    #                              same, or None when the input was C-contiguous
     host_io: bool = True         # cuda: the caller passed host arrays, so results go back to the host
     params_on_device: bool = False  # cuda: weight/bias were device arrays: so are their gradients
 

@@ -58,7 +58,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     Returns
     -------
     y : ndarray
-        Same shape, dtype (and memory order, for the numba backend) as ``x``.
+        Same shape, dtype (and memory order, for the numba and cuda backends) as ``x``.
     saved : BatchNormSaved
         For :func:`batch_norm_backward`.
 

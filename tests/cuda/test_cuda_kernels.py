@@ -139,20 +139,65 @@ def test_strided_device_inputs_match_the_reference(full, view, axis, dtype):
     xd, dyd = view(cuda.to_device(x_full)), view(cuda.to_device(dy_full))
     assert not xd.is_c_contiguous()
     w = rng.standard_normal(x.shape[axis]).astype(dtype)
-    y, saved = F.batch_norm(xd, None, None, w, None, training=True, axis=axis)
     y_ref, saved_ref = R.batch_norm(x, None, None, w, None, training=True, axis=axis)
-    assert y.shape == x.shape and y.is_c_contiguous()
-    _close(y.copy_to_host(), y_ref, dtype)
-    dx, dw, _ = F.batch_norm_backward(dyd, saved)
     dx_ref, dw_ref, _ = R.batch_norm_backward(dy, saved_ref)
-    _close(dx.copy_to_host(), dx_ref, dtype, 10)
-    _close(dw, dw_ref, dtype, 10)
+    # BatchNorm's results come back in the input's memory order, as from the CPU kernels
+    y_cpu, _ = F.batch_norm(x, None, None, w, None, training=True, axis=axis, backend="numba")
+    for x_in, dy_in in ((xd, dyd), (x, dy)):  # device views, and the same views on the host
+        y, saved = F.batch_norm(x_in, None, None, w, None, training=True, axis=axis,
+                                backend="cuda")
+        dx, dw, _ = F.batch_norm_backward(dy_in, saved)
+        assert y.shape == dx.shape == x.shape
+        assert tuple(y.strides) == tuple(dx.strides) == y_cpu.strides
+        _close(_host(y), y_ref, dtype)
+        _close(_host(dx), dx_ref, dtype, 10)
+        _close(dw, dw_ref, dtype, 10)
     # LayerNorm over the last axis of the same views; dy in C order, a layout unlike x's
     y, saved = F.layer_norm(xd, x.shape[-1])
     y_ref, saved_ref = R.layer_norm(x, x.shape[-1])
     _close(y.copy_to_host(), y_ref, dtype)
     dx, _, _ = F.layer_norm_backward(cuda.to_device(np.ascontiguousarray(dy)), saved)
     _close(dx.copy_to_host(), R.layer_norm_backward(dy, saved_ref)[0], dtype, 10)
+
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
+@pytest.mark.parametrize("nchw,axis", [((3, 5, 4, 6), 1), ((2, 7, 9), 1), ((6, 300), 0)])
+def test_batch_norm_reads_dense_permutations_in_place(nchw, axis, monkeypatch):
+    """A channels-last (N, C, H, W) array, a channels-last (N, C, L) one, a transposed (C, N)
+    one: each is a C-contiguous array with its axes permuted, read without a copy."""
+    from normkit.kernels.cuda import _strided
+    gathered, gather = [], _strided.gather
+    monkeypatch.setattr(_strided, "gather",
+                        lambda d, *args: gathered.append(args[-1]) or gather(d, *args))
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(nchw) * 2 + 3).astype(np.float32)
+    dy = rng.standard_normal(nchw).astype(np.float32)
+    axes = tuple(a for a in range(x.ndim) if a != axis) + (axis,)  # the channel axis last in memory
+    back = tuple(int(i) for i in np.argsort(axes))
+    xd = _strided.permuted(cuda.to_device(np.ascontiguousarray(x.transpose(axes))), back)
+    assert xd.shape == x.shape and not xd.is_c_contiguous()
+    y, saved = F.batch_norm(xd, None, None, training=True, axis=axis)
+    y_ref, saved_ref = R.batch_norm(x, None, None, training=True, axis=axis)
+    assert gathered == [] and tuple(y.strides) == tuple(xd.strides)
+    _close(y.copy_to_host(), y_ref, np.float32)
+    dy_same = _strided.permuted(cuda.to_device(np.ascontiguousarray(dy.transpose(axes))), back)
+    dx_ref = R.batch_norm_backward(dy, saved_ref)[0]
+    dx = F.batch_norm_backward(dy_same, saved)[0]
+    assert gathered == [] and tuple(dx.strides) == tuple(xd.strides)
+    _close(dx.copy_to_host(), dx_ref, np.float32, 10)
+    dx = F.batch_norm_backward(cuda.to_device(dy), saved)[0]  # dy in C order: copied once
+    assert gathered == ["dy"] and tuple(dx.strides) == tuple(xd.strides)
+    _close(dx.copy_to_host(), dx_ref, np.float32, 10)
+    x_host = np.ascontiguousarray(x.transpose(axes)).transpose(back)  # on the host: the same
+    y, saved = F.batch_norm(x_host, None, None, training=True, axis=axis, backend="cuda")
+    assert y.strides == x_host.strides
+    _close(y, y_ref, np.float32)
+    dx = F.batch_norm_backward(dy, saved)[0]
+    assert dx.strides == x_host.strides
+    _close(dx, dx_ref, np.float32, 10)
 
 
 def test_strided_device_inputs_leave_the_input_unchanged_and_refuse_negative_strides():
@@ -422,12 +467,21 @@ def test_torch_cuda_tensors_are_used_in_place():
 
 
 @gpu_only
-def test_torch_channels_last_tensors_are_gathered():
+def test_torch_channels_last_tensors_are_read_in_place():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
-    x = np.random.default_rng(10).standard_normal((4, 6, 5, 7)).astype(np.float32)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 6, 5, 7)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
     xt = torch.as_tensor(x, device="cuda").to(memory_format=torch.channels_last)
+    dyt = torch.as_tensor(dy, device="cuda").to(memory_format=torch.channels_last)
     assert not xt.is_contiguous()
-    y, _ = F.batch_norm(xt, None, None, training=True)
-    _close(y.copy_to_host(), R.batch_norm(x, None, None, training=True)[0], np.float32)
+    y, saved = F.batch_norm(xt, None, None, training=True)
+    y_ref, saved_ref = R.batch_norm(x, None, None, training=True)
+    _close(y.copy_to_host(), y_ref, np.float32)
+    yt = torch.as_tensor(y, device="cuda")
+    assert yt.is_contiguous(memory_format=torch.channels_last)  # PyTorch's memory format kept
+    dx = F.batch_norm_backward(dyt, saved)[0]
+    assert tuple(dx.strides) == tuple(4 * s for s in xt.stride())
+    _close(dx.copy_to_host(), R.batch_norm_backward(dy, saved_ref)[0], np.float32, 10)

@@ -1,10 +1,11 @@
-"""Device inputs that are not C-contiguous: gathered into a C-contiguous copy on the device.
+"""Device inputs that are not C-contiguous: views with their axes permuted, and copies.
 
-The kernels index C-contiguous arrays (and load 16 bytes at a time where they can), so a device
-input of another layout, such as a transposed or sliced CuPy or numba array, or a PyTorch tensor
-in ``channels_last`` memory format, is first copied into a pooled C-contiguous array by
-:func:`gather_kernel`: one read and one write of the input, as PyTorch's ``.contiguous()``. The
-CPU kernels read such layouts in place; here the copy keeps every kernel to one layout.
+The kernels index C-contiguous arrays (and load 16 bytes at a time where they can). BatchNorm
+first puts the axes in memory order (:func:`permuted`), as the CPU path does, so a dense input
+whose axes are merely permuted, such as a PyTorch tensor in ``channels_last`` memory format or
+a transposed array, is read in place. Any other layout (a slice, a broadcast view), and for
+LayerNorm any non-C-contiguous input, is copied into a pooled C-contiguous array by
+:func:`gather_kernel`: one read and one write of the input, as PyTorch's ``.contiguous()``.
 """
 
 import math
@@ -47,14 +48,22 @@ def gather(d, threads, target, op, name):
     blocks = max(1, min(math.ceil(d.size / threads), 4 * target))
     # Through numba's dispatcher, not normkit's launcher: it takes the tuples, and this copy is
     # the exception, not the per-call path.
-    gather_kernel[blocks, threads](_span(d, span), tuple(d.shape), strides, out.reshape(d.size))
+    memory = _view(d, (span,), (itemsize,))  # what the strided array spans, from its start
+    gather_kernel[blocks, threads](memory, tuple(d.shape), strides, out.reshape(d.size))
     return out
 
 
-def _span(d, n):
-    """The ``n`` elements of memory from ``d``'s first element on, as a 1-D device array."""
+def permuted(d, axes):
+    """The numba device array ``d`` with its axes in the order ``axes``, as NumPy's
+    ``transpose(axes)``: a view (numba's own ``transpose`` is 2-D only)."""
+    return _view(d, tuple(d.shape[a] for a in axes), tuple(d.strides[a] for a in axes))
+
+
+def _view(d, shape, strides):
+    """A device array of ``shape`` and byte ``strides`` on ``d``'s memory, from its first
+    element (whose strides are not negative), holding a reference to that memory."""
     if _simulator():  # the simulator's device arrays wrap host NumPy arrays
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-        return FakeCUDAArray(np.lib.stride_tricks.as_strided(d._ary, (n,), (d.dtype.itemsize,)))
+        return FakeCUDAArray(np.lib.stride_tricks.as_strided(d._ary, shape, strides))
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    return DeviceNDArray((n,), (d.dtype.itemsize,), d.dtype, gpu_data=d.gpu_data)
+    return DeviceNDArray(shape, strides, d.dtype, gpu_data=d.gpu_data)

@@ -2,9 +2,11 @@
 
 Inputs may be NumPy arrays (copied to the device, results copied back) or device arrays: numba
 device arrays or anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors), used in
-place, with results left on the device as numba device arrays (C-contiguous). Inputs of any
-layout are accepted: a host input is made contiguous on its way to the device, a device input of
-another layout is gathered into a C-contiguous copy on the device (:mod:`._strided`).
+place, with results left on the device as numba device arrays. Inputs of any layout are
+accepted, and the kernels read C-contiguous arrays: BatchNorm puts the axes in memory order
+first, as the CPU path does, so that a dense input with permuted axes (channels-last,
+transposed) is read in place and its results come back in its memory order; any other layout is
+copied (a host input on its way to the device, a device input by a kernel, :mod:`._strided`).
 
 Per call the host does as little as it can, because numba-cuda's host costs (tens of us per
 launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
@@ -23,6 +25,7 @@ from numba import cuda
 
 from ... import _checks
 from ..._backend import is_device_array
+from ..._layout import batch_norm_layout
 from ..._running import update_running_stats
 from ..._saved import BatchNormSaved, LayerNormSaved
 from ..cpu.batchnorm import RUN_MIN
@@ -58,21 +61,57 @@ def _geometry():
 def to_device(x, op, name="x"):
     """(C-contiguous device array, came_from_host) for a float32/float64 input; clear errors
     otherwise. Device inputs of another layout are copied into a C-contiguous array."""
+    a, on_host = checked_input(x, op, name)
+    return kernel_input(a, None, op, name), on_host
+
+
+def checked_input(x, op, name="x"):
+    """(array, came_from_host): a device input as a numba device array of its own layout (a
+    zero-copy view of other CUDA arrays), a host one as a float NumPy array; clear errors for
+    other dtypes and empty device arrays."""
     if is_device_array(x):
-        # checked; a zero-copy view of other CUDA arrays
         d = vec.as_device(x, op, name, contiguous=False)
         if d.size == 0:
             raise ValueError(f"{op}: {name} is empty (shape {d.shape})")
-        if not d.is_c_contiguous():
-            threads, _, target = _geometry()
-            d = _strided.gather(d, threads, target, op, name)
         return d, False
-    host = _checks.float_array(x, op, name)
-    return cuda.to_device(np.ascontiguousarray(host)), True
+    return _checks.float_array(x, op, name), True
 
 
-def _result(d, on_host):
-    return d.copy_to_host() if on_host else d
+def kernel_input(a, axes, op, name):
+    """``a`` (from :func:`checked_input`) with its axes in the order ``axes`` (None: as they
+    are) as a C-contiguous device array: ``a`` itself when that is one, else a copy."""
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a if axes is None else a.transpose(axes)))
+    if axes is not None:
+        a = _strided.permuted(a, axes)
+    if not a.is_c_contiguous():
+        threads, _, target = _geometry()
+        a = _strided.gather(a, threads, target, op, name)
+    return a
+
+
+def _memory_order(a, axis):
+    """The BatchNorm layout of a non-C-contiguous input ``a`` (from :func:`checked_input`),
+    whose axes the kernels read in memory order, as the CPU path does: a dense input whose axes
+    are only permuted (channels-last, transposed) is then read in place, and the results come
+    back in the input's memory order. None for a C-contiguous input, and for a device one with a
+    negative stride (which :func:`kernel_input` refuses with a clear error)."""
+    if isinstance(a, np.ndarray):
+        if a.flags.c_contiguous:
+            return None
+    elif a.is_c_contiguous() or any(s < 0 for s in a.strides):
+        return None
+    layout = batch_norm_layout(a, axis)
+    return None if layout.order == tuple(range(a.ndim)) else layout
+
+
+def _result(d, on_host, layout=None):
+    """A result ``d`` (the kernels' C-contiguous array) as the caller gets it: on the host if
+    the input was, in the input's memory order if ``layout`` permuted its axes."""
+    if on_host:
+        h = d.copy_to_host()
+        return h if layout is None else h.transpose(layout.inverse)
+    return d if layout is None else _strided.permuted(d, layout.inverse)
 
 
 def _row_params_dtype(x_dtype, user_param_dtype):
@@ -183,8 +222,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     (a batch with non-finite statistics changes nothing) but without its warning, which would
     have to wait for the GPU; ``saved.running_stats_updated`` is then None (not known)."""
     op = "batch_norm"
-    xd, on_host = to_device(x, op)
-    args = _checks.BatchNormArgs(tuple(xd.shape), axis, weight, bias, running_mean, running_var,
+    xa, on_host = checked_input(x, op)
+    args = _checks.BatchNormArgs(tuple(xa.shape), axis, weight, bias, running_mean, running_var,
                                  training, momentum, eps, num_batches_tracked,
                                  vector=vec.param, running=vec.running_stat)
     axis, n_ch, count, w, b = args.axis, args.channels, args.count, args.weight, args.bias
@@ -193,8 +232,10 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if running_mean is not None and stats_on_device != vec.on_device(running_var):
         raise ValueError(f"{op}: running_mean and running_var must both be device arrays or "
                          "both host arrays")
+    layout = _memory_order(xa, axis)
+    xd, kernel_axis = _batch_norm_input(xa, layout, axis, op, "x")
     threads, block2d, target = _geometry()
-    geo = _batch_norm_shape(tuple(xd.shape), axis)
+    geo = _batch_norm_shape(tuple(xd.shape), kernel_axis)
     ctx = _pool.current_context()
     # stats rows: mean, biased variance, rstd (the backward's); coef rows: mean, scale, shift
     if training or stats_on_device:  # statistics computed on the device, into y's buffer
@@ -230,11 +271,19 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
             updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
                                            count, args.momentum, num_batches_tracked, op)
     saved = BatchNormSaved(
-        backend="cuda", x=xd, x_shape=tuple(xd.shape), axis=axis, mean=stats, rstd=None, weight=w,
+        backend="cuda", x=xd, x_shape=tuple(xa.shape), axis=axis, mean=stats, rstd=None, weight=w,
         has_bias=b is not None, param_dtype=vec.dtype_of(weight, bias),
-        batch_stats=bool(training), count=count, running_stats_updated=updated, host_io=on_host,
-        params_on_device=vec.on_device(w) or vec.on_device(b))
-    return _result(yd, on_host), saved
+        batch_stats=bool(training), count=count, running_stats_updated=updated, layout=layout,
+        host_io=on_host, params_on_device=vec.on_device(w) or vec.on_device(b))
+    return _result(yd, on_host, layout), saved
+
+
+def _batch_norm_input(a, layout, axis, op, name):
+    """(``a`` as the kernels read it, a C-contiguous device array, with its axes in the order
+    of ``layout`` when given; the channel axis there)."""
+    if layout is None:
+        return kernel_input(a, None, op, name), axis
+    return kernel_input(a, layout.order, op, name), layout.order.index(axis)
 
 
 def _momentum_factor(momentum, num_batches_tracked):
@@ -271,24 +320,25 @@ def _grads_to_caller(saved, dweight, dbias, shape):
 def batch_norm_backward(dy, saved):
     """The CUDA twin of :func:`normkit.functional.batch_norm_backward`."""
     op = "batch_norm_backward"
-    dyd, _ = to_device(dy, op, "dy")
-    if tuple(dyd.shape) != saved.x_shape:
-        raise ValueError(f"{op}: dy has shape {tuple(dyd.shape)} but the forward's input had shape {saved.x_shape}")
+    dya, _ = checked_input(dy, op, "dy")
+    if tuple(dya.shape) != saved.x_shape:
+        raise ValueError(f"{op}: dy has shape {tuple(dya.shape)} but the forward's input had shape {saved.x_shape}")
+    dyd, kernel_axis = _batch_norm_input(dya, saved.layout, saved.axis, op, "dy")
     threads, block2d, target = _geometry()
-    geo = _batch_norm_shape(saved.x_shape, saved.axis)
+    geo = _batch_norm_shape(tuple(saved.x.shape), kernel_axis)
     ctx = _pool.current_context()
     n_ch = geo.n_ch
     stats = saved.mean  # the device (3, C) array of mean, variance, rstd
     partials = geo.partials(ctx, target, threads, block2d, bn.runs_grad_sums_kernel,
                             bn.wide_grad_sums_kernel, (dyd, saved.x), (stats,))
     coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64, ctx)  # rows: mean, k, a, b
-    dxd = _pool.empty(saved.x_shape, saved.x.dtype, ctx)
+    dxd = _pool.empty(tuple(saved.x.shape), saved.x.dtype, ctx)
     dweight, dbias = _grad_outputs(ctx, saved, (n_ch,))
     launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
            vec.kernel_vector(ctx, saved.weight, n_ch, "ones", np.float64), 1.0 / saved.count,
            int(saved.batch_stats), coef, dbias, dweight)
     geo.elementwise(_GRAD_INPUT, threads, target, dyd, saved.x, coef, dxd)
-    return (_result(dxd, saved.host_io),) + _grads_to_caller(saved, dweight, dbias, (n_ch,))
+    return (_result(dxd, saved.host_io, saved.layout),) + _grads_to_caller(saved, dweight, dbias, (n_ch,))
 
 
 # ------------------------------------------------------------------------------------------------
