@@ -450,17 +450,21 @@ def test_launches_bypass_the_dispatcher_after_the_first():
         assert any(k[0] is kernel and v is not None for k, v in _launcher._fast.items())
 
 
-@gpu_only
-def test_torch_cuda_tensors_are_used_in_place():
+def _torch_with_cuda():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
+    return torch
+
+
+@gpu_only
+def test_torch_cuda_tensors_are_used_in_place():
+    torch = _torch_with_cuda()
     rng = np.random.default_rng(9)
     x = rng.standard_normal((300, 40)).astype(np.float32)
     xt = torch.as_tensor(x, device="cuda")
     y, saved = F.batch_norm(xt, None, None, training=True)
-    _close(cuda.as_cuda_array(y).copy_to_host() if not hasattr(y, "copy_to_host") else y.copy_to_host(),
-           R.batch_norm(x, None, None, training=True)[0], np.float32)
+    _close(y.copy_to_host(), R.batch_norm(x, None, None, training=True)[0], np.float32)
     yt = torch.as_tensor(y, device="cuda")  # numba device arrays expose __cuda_array_interface__
     torch.testing.assert_close(yt, torch.nn.functional.batch_norm(xt, None, None, training=True),
                                rtol=1e-5, atol=1e-5)
@@ -468,9 +472,7 @@ def test_torch_cuda_tensors_are_used_in_place():
 
 @gpu_only
 def test_torch_channels_last_tensors_are_read_in_place():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("torch without CUDA")
+    torch = _torch_with_cuda()
     rng = np.random.default_rng(10)
     x = rng.standard_normal((4, 6, 5, 7)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
