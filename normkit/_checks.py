@@ -40,6 +40,23 @@ def channel_axis(axis, ndim, op):
     return int(axis) % ndim
 
 
+def positive_int(value, op, name):
+    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def real_in(value, low, high, op, name, *, high_open=False):
+    """``value`` as a float if it is a real number in [low, high] ([low, high) with
+    ``high_open``), else a ValueError naming ``op``, ``name`` and the range."""
+    if (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and low <= value and (value < high if high_open else value <= high)):
+        return float(value)
+    interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ValueError(f"{op}: {name} must be a number in {interval}, got {value!r}")
+
+
 def positive_eps(eps, op):
     if type(eps) is float and 0.0 < eps < math.inf:
         return eps

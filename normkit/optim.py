@@ -1,32 +1,67 @@
 """Optimisers with PyTorch's update rules: ``optimizer.step()`` after ``model.backward``."""
 
+import math
+import numbers
+
 import numpy as np
 
+from . import _checks
 from .kernels.cpu.optim import adam_update, sgd_update
 
 
 class Optimizer:
+    """The base of the optimisers: the parameters they update and a learning rate.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        Usually ``model.parameters()``; at least one.
+    lr : float
+        Learning rate, > 0.
+    """
+
     def __init__(self, params, lr):
+        name = type(self).__name__
         self.params = list(params)
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: got no parameters to optimise")
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr!r}")
+            raise ValueError(f"{name}: got no parameters to optimise")
+        if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):
+            raise ValueError(f"{name}: lr must be a finite number > 0, got {lr!r}")
         self.lr = float(lr)
 
     def zero_grad(self):
+        """Set every parameter's gradient to zero."""
         for p in self.params:
             p.grad[...] = 0
 
+    def step(self):
+        """Update every parameter from its gradient (call after ``model.backward``)."""
+        raise NotImplementedError
+
+    def _hyper(self, value, name, high=math.inf):
+        """A hyper-parameter in [0, high), checked."""
+        return _checks.real_in(value, 0.0, high, type(self).__name__, name, high_open=True)
+
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum and L2 weight decay:
-    ``g = grad + weight_decay * p; buf = momentum * buf + g; p -= lr * buf``."""
+    """Stochastic gradient descent with optional momentum and L2 weight decay, PyTorch's rule:
+    ``g = grad + weight_decay * p; buf = momentum * buf + g; p -= lr * buf``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        Learning rate, > 0.
+    momentum : float
+        >= 0; 0 for plain gradient descent.
+    weight_decay : float
+        L2 penalty factor, >= 0.
+    """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(params, lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = self._hyper(momentum, "momentum")
+        self.weight_decay = self._hyper(weight_decay, "weight_decay")
         self._buf = [np.zeros(p.data.size, p.data.dtype) for p in self.params]
         self._steps = 0
 
@@ -38,14 +73,31 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` adds L2 to the gradient, as in
-    PyTorch's Adam."""
+    """Adam (Kingma & Ba) with bias correction, PyTorch's rule.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+    lr : float
+        Learning rate, > 0.
+    betas : (float, float)
+        Decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float
+        Added to the root of the second moment, >= 0.
+    weight_decay : float
+        Adds ``weight_decay * p`` to the gradient (L2, as PyTorch's Adam; not AdamW), >= 0.
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        self.beta1, self.beta2 = map(float, betas)
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        try:
+            beta1, beta2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"Adam: betas must be a pair of numbers, got {betas!r}") from None
+        self.beta1 = self._hyper(beta1, "betas[0]", 1.0)
+        self.beta2 = self._hyper(beta2, "betas[1]", 1.0)
+        self.eps = self._hyper(eps, "eps")
+        self.weight_decay = self._hyper(weight_decay, "weight_decay")
         # Moments in the parameter dtype, as in PyTorch: the update is memory-bound on them.
         self._m = [np.zeros(p.data.size, p.data.dtype) for p in self.params]
         self._v = [np.zeros(p.data.size, p.data.dtype) for p in self.params]

@@ -62,8 +62,19 @@ def test_dropout_keeps_about_one_minus_p_and_rescales(rng):
     np.testing.assert_array_equal(drop.backward(x), y)  # same mask, same scale
     drop.eval()
     assert drop(x) is x
-    with pytest.raises(ValueError, match="p must be in"):
+    with pytest.raises(ValueError, match="p must be a number in"):
         nk.Dropout(1.5)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: nk.Linear(0, 3), "Linear: in_features must be a positive int, got 0"),
+    (lambda: nk.Linear(3, 2.5), "Linear: out_features must be a positive int, got 2.5"),
+    (lambda: nk.BatchNorm(True), "BatchNorm: num_features must be a positive int, got True"),
+    (lambda: nk.Dropout(float("nan")), "Dropout: p must be a number in"),
+])
+def test_layer_settings_are_checked(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_batchnorm_modes_running_stats_and_freeze(rng):

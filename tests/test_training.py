@@ -123,6 +123,22 @@ def test_optimisers_match_torch(rng, opt_name, kwargs):
     np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("opt_name,kwargs,message", [
+    ("SGD", dict(lr=0), "lr must be a finite number > 0"),
+    ("SGD", dict(lr=float("nan")), "lr must be a finite number > 0"),
+    ("SGD", dict(lr=0.1, momentum=-0.5), r"momentum must be a number in \[0, inf\)"),
+    ("SGD", dict(lr=0.1, weight_decay=-1e-4), "weight_decay must be"),
+    ("Adam", dict(betas=(0.9, 1.0)), r"betas\[1\] must be a number in \[0, 1\)"),
+    ("Adam", dict(betas=0.9), "betas must be a pair"),
+    ("Adam", dict(eps=-1e-8), "eps must be"),
+])
+def test_optimiser_hyper_parameters_are_checked(opt_name, kwargs, message):
+    with pytest.raises(ValueError, match=f"{opt_name}: {message}"):
+        getattr(nk, opt_name)([nk.Parameter(np.zeros(3))], **kwargs)
+    with pytest.raises(ValueError, match="no parameters"):
+        getattr(nk, opt_name)([], **kwargs)
+
+
 def test_datasets_are_standardised_splits():
     X, y, Xv, yv = datasets.load_breast_cancer()
     assert X.shape[1] == 30 and len(X) + len(Xv) == 569 and y.shape == (len(X), 1)

@@ -10,15 +10,30 @@ from .module import Module, Parameter
 class Linear(Module):
     """``y = x @ weight.T + bias``; weight is (out_features, in_features) as in PyTorch.
 
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the last axis of the input and of the output.
+    bias : bool
+        Learn an additive ``bias`` of ``out_features`` values.
+    rng : numpy.random.Generator, optional
+        Draws the initial values; normkit's global generator (:mod:`normkit.random`) if None.
+    dtype : float32 or float64
+        Of the parameters.
+
+    Notes
+    -----
     Initialised like PyTorch's default (Kaiming-uniform with a = sqrt(5)): weight and bias drawn
-    from U(-1/sqrt(in_features), 1/sqrt(in_features)), from ``rng`` or normkit's global generator.
+    from U(-1/sqrt(in_features), 1/sqrt(in_features)).
     """
 
     def __init__(self, in_features, out_features, *, bias=True, rng=None, dtype=np.float32):
         super().__init__()
+        in_features = _checks.positive_int(in_features, "Linear", "in_features")
+        out_features = _checks.positive_int(out_features, "Linear", "out_features")
         rng = random.generator() if rng is None else rng
         bound = 1.0 / np.sqrt(in_features)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
         self._x = None
@@ -48,6 +63,8 @@ class Linear(Module):
 
 
 class ReLU(Module):
+    """``max(x, 0)``, elementwise; its gradient is taken as 0 at 0, as in PyTorch."""
+
     def forward(self, x):
         x = _checks.float_array(x, "ReLU")
         self._mask = x > 0
@@ -58,6 +75,8 @@ class ReLU(Module):
 
 
 class Sigmoid(Module):
+    """The logistic function 1 / (1 + exp(-x)), elementwise, without overflow for large |x|."""
+
     def forward(self, x):
         self._y = expit(_checks.float_array(x, "Sigmoid"))  # overflow-free logistic
         return self._y
@@ -68,6 +87,8 @@ class Sigmoid(Module):
 
 
 class Tanh(Module):
+    """The hyperbolic tangent, elementwise."""
+
     def forward(self, x):
         self._y = np.tanh(_checks.float_array(x, "Tanh"))
         return self._y
@@ -79,14 +100,20 @@ class Tanh(Module):
 
 class Dropout(Module):
     """Inverted dropout: in training, zero each value with probability ``p`` and scale the rest
-    by 1 / (1 - p); the identity in eval mode. Masks come from ``rng`` or normkit's global
-    generator (which :func:`normkit.fit` seeds from its ``seed``)."""
+    by 1 / (1 - p); the identity in eval mode.
+
+    Parameters
+    ----------
+    p : float
+        Probability of zeroing a value, in [0, 1].
+    rng : numpy.random.Generator, optional
+        Draws the masks; normkit's global generator (which :func:`normkit.fit` seeds from its
+        ``seed``) if None.
+    """
 
     def __init__(self, p=0.5, *, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = _checks.real_in(p, 0.0, 1.0, "Dropout", "p")
         self.rng = rng
         self._scale = None
 
@@ -120,6 +147,7 @@ class Sequential(Module):
         self.layers = list(layers)
 
     def children(self):
+        """The layers, named by their index."""
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def forward(self, x):

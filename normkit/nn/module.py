@@ -12,6 +12,7 @@ class Parameter:
 
     @property
     def shape(self):
+        """The shape of ``data`` (and of ``grad``)."""
         return self.data.shape
 
     def __repr__(self):
@@ -37,9 +38,38 @@ class Module:
         return self.forward(x)
 
     def forward(self, x):
+        """The layer's output for ``x``, keeping what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        x : ndarray
+            The input (float32 or float64; normalisation layers also take CUDA device arrays).
+
+        Returns
+        -------
+        ndarray
+            The output, in ``x``'s dtype.
+        """
         raise NotImplementedError
 
     def backward(self, dy):
+        """Back-propagate through the last :meth:`forward`.
+
+        Parameters
+        ----------
+        dy : ndarray
+            dL/dy, of the last output's shape.
+
+        Returns
+        -------
+        ndarray
+            dL/dx. Parameter gradients are *added* into each ``Parameter.grad``.
+
+        Raises
+        ------
+        RuntimeError
+            If called before any forward.
+        """
         raise NotImplementedError
 
     def _need_forward(self, cache):
@@ -56,6 +86,8 @@ class Module:
         return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
 
     def named_parameters(self, prefix=""):
+        """Every Parameter of this layer and its sub-layers as (name, Parameter) pairs, named
+        as in the state dict (``"0.weight"``), each name starting with ``prefix``."""
         out = [(prefix + k, p) for k, p in self._own_parameters()]
         for name, child in self.children():
             out += child.named_parameters(f"{prefix}{name}.")
@@ -66,6 +98,7 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def zero_grad(self):
+        """Set the gradient of every parameter to zero (gradients accumulate until then)."""
         for p in self.parameters():
             p.grad[...] = 0
 
@@ -136,4 +169,5 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self):
+        """What ``repr(layer)`` shows between the parentheses (subclasses add their settings)."""
         return ""

@@ -57,12 +57,11 @@ class BatchNorm(Module):
                  track_running_stats=True, dtype=np.float32, backend="auto"):
         super().__init__()
         op = "BatchNorm"
-        if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
-            raise ValueError(f"{op}: num_features must be a positive int, got {num_features!r}")
+        num_features = _checks.positive_int(num_features, op, "num_features")
         dtype = np.dtype(dtype)
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
-        self.num_features = int(num_features)
+        self.num_features = num_features
         self.axis = axis
         self.eps = _checks.positive_eps(eps, op)
         self.momentum = _checks.momentum_value(momentum, op)
@@ -81,6 +80,7 @@ class BatchNorm(Module):
         self._saved = None
 
     def reset_running_stats(self):
+        """Running mean 0, running variance 1, ``num_batches_tracked`` 0 (PyTorch's initial state)."""
         if self.track_running_stats:
             self.running_mean[...] = 0
             self.running_var[...] = 1
@@ -95,6 +95,7 @@ class BatchNorm(Module):
         return self
 
     def unfreeze(self):
+        """Undo :meth:`freeze`: training mode uses and updates batch statistics again."""
         self.frozen = False
         return self
 
