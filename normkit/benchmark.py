@@ -23,6 +23,8 @@ from . import functional as F
 
 @dataclass(frozen=True)
 class Case:
+    """One benchmark input: an operation on random data of one shape, layout and dtype."""
+
     op: str            # "layer_norm" or "batch_norm"
     shape: tuple
     axis: int = 1      # BatchNorm channel axis
@@ -30,19 +32,23 @@ class Case:
 
     @property
     def name(self):
+        """The row label of the report, e.g. ``"BN 32x56x56x64 axis=-1 float32"``."""
         layout = "" if self.op == "layer_norm" or self.axis == 1 else f" axis={self.axis}"
         return f"{'LN' if self.op == 'layer_norm' else 'BN'} {'x'.join(map(str, self.shape))}{layout} {self.dtype}"
 
     @property
     def channels(self):
+        """LayerNorm's normalised size or BatchNorm's channel count."""
         return self.shape[-1] if self.op == "layer_norm" else self.shape[self.axis]
 
     @property
     def nbytes(self):
+        """Bytes of one input array."""
         return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     @property
     def passes(self):
+        """The passes timed: forward and backward, and for BatchNorm the eval forward."""
         return ("forward", "backward") if self.op == "layer_norm" else ("forward", "eval", "backward")
 
 
@@ -82,6 +88,7 @@ def make_inputs(case, seed=0):
 # ------------------------------------------------------------------------------------------------
 
 def normkit_calls(case, x, dy, w, b, backend="numba"):
+    """{pass: zero-argument callable} running ``case`` with normkit's ``backend``."""
     if case.op == "layer_norm":
         _, saved = F.layer_norm(x, case.channels, w, b, backend=backend)
         return {"forward": lambda: F.layer_norm(x, case.channels, w, b, backend=backend),
@@ -94,10 +101,13 @@ def normkit_calls(case, x, dy, w, b, backend="numba"):
 
 
 def numpy_calls(case, x, dy, w, b):
+    """{pass: callable} of the NumPy reference (``backend="numpy"``)."""
     return normkit_calls(case, x, dy, w, b, backend="numpy")
 
 
 def torch_calls(case, x, dy, w, b):
+    """{pass: callable} of PyTorch CPU on the same data (channels-last data as PyTorch's
+    ``channels_last`` memory format); forwards without autograd, as normkit's."""
     import torch
     tf = torch.nn.functional
     if case.op == "batch_norm" and case.axis not in (1,):
@@ -134,6 +144,7 @@ def torch_calls(case, x, dy, w, b):
 
 
 def torch_available():
+    """Whether PyTorch can be imported."""
     try:
         import torch  # noqa: F401
         return True
@@ -195,7 +206,29 @@ def _interleaved_best(fns, repeats_for, repeats, budget_s=0.0):
 # ------------------------------------------------------------------------------------------------
 
 def run(cases=CASES, threads=2, repeats=10, numpy_repeats=3, with_torch=True, startup=True):
-    """Time every case and pass; returns a dict (machine, versions, copy GB/s, rows)."""
+    """Time every case and pass of normkit, the NumPy reference and PyTorch, calls interleaved.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+    threads : int
+        Threads for every implementation (Numba's and PyTorch's).
+    repeats : int
+        Timed rounds per case and pass (short calls get more, up to ten times as many).
+    numpy_repeats : int
+        At most this many rounds of the (slow) NumPy reference.
+    with_torch : bool
+        Time PyTorch too, when it is installed.
+    startup : bool
+        Also measure import and first-call (compilation) times, in fresh processes.
+
+    Returns
+    -------
+    dict
+        ``environment`` (machine and versions), ``threads``, ``copy_gbs`` (a 64 MiB parallel
+        copy), ``rows`` (one per case and pass: best times, GB/s, ratios) and, with
+        ``startup``, ``startup``; :func:`format_markdown` and :func:`save` take it.
+    """
     numba.set_num_threads(threads)
     with_torch = with_torch and torch_available()
     if with_torch:
@@ -295,6 +328,7 @@ def startup_costs():
 
 
 def format_markdown(result):
+    """The report of :func:`run` as Markdown: the setting, the table and the summary."""
     env = result["environment"]
     lines = [f"Machine: {env['cpu']}, {env['cores']} cores; {result['threads']} threads for every "
              f"implementation. normkit {env['normkit']}, numba {env['numba']}, numpy {env['numpy']}, "
@@ -330,6 +364,7 @@ def format_markdown(result):
 
 
 def save(result, json_path=None, markdown_path=None):
+    """Write the result of :func:`run` as JSON and/or as Markdown, where paths are given."""
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)

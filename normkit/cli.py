@@ -55,6 +55,7 @@ def _cmd_experiment(args):
 
 
 def build_parser():
+    """The ``normkit`` command line: ``info``, ``demo``, ``bench`` and ``experiment``."""
     parser = argparse.ArgumentParser(prog="normkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, threading layer, thread count, CUDA availability")
@@ -90,6 +91,8 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the ``normkit`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit
+    status."""
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -27,8 +27,20 @@ def _split_standardise(X, y, test_size, seed, dtype):
 def load_breast_cancer(test_size=0.2, seed=0, dtype=np.float32):
     """Wisconsin breast cancer: 569 samples, 30 features, binary.
 
-    Returns ``(X_train, y_train, X_val, y_val)``; features standardised with the training split's
-    statistics, labels float (N, 1) in {0, 1} for BCE losses.
+    Parameters
+    ----------
+    test_size : float
+        The share of the samples held out for validation (stratified by class).
+    seed : int
+        Seeds the split.
+    dtype : float32 or float64
+        Of the features and labels.
+
+    Returns
+    -------
+    X_train, y_train, X_val, y_val : ndarray
+        Features standardised with the training split's statistics; labels float (N, 1) in
+        {0, 1}, for the BCE losses.
     """
     data = _sklearn().datasets.load_breast_cancer()
     X_tr, y_tr, X_te, y_te = _split_standardise(data.data, data.target, test_size, seed, dtype)
@@ -38,7 +50,20 @@ def load_breast_cancer(test_size=0.2, seed=0, dtype=np.float32):
 def load_digits(test_size=0.2, seed=0, dtype=np.float32):
     """8x8 handwritten digits: 1797 samples, 64 features, 10 classes.
 
-    Returns ``(X_train, y_train, X_val, y_val)``; labels int64 (N,) for CrossEntropyLoss.
+    Parameters
+    ----------
+    test_size : float
+        The share of the samples held out for validation (stratified by class).
+    seed : int
+        Seeds the split.
+    dtype : float32 or float64
+        Of the features.
+
+    Returns
+    -------
+    X_train, y_train, X_val, y_val : ndarray
+        Features standardised with the training split's statistics; labels int64 (N,), for
+        CrossEntropyLoss.
     """
     data = _sklearn().datasets.load_digits()
     X_tr, y_tr, X_te, y_te = _split_standardise(data.data, data.target, test_size, seed, dtype)
@@ -49,7 +74,18 @@ DATASETS = {"breast_cancer": load_breast_cancer, "digits": load_digits}
 
 
 def load(name, **kwargs):
-    """Load a data set by name: ``"breast_cancer"`` or ``"digits"``."""
+    """Load a data set by name.
+
+    Parameters
+    ----------
+    name : {"breast_cancer", "digits"}
+    **kwargs
+        Passed on to :func:`load_breast_cancer` or :func:`load_digits`.
+
+    Returns
+    -------
+    X_train, y_train, X_val, y_val : ndarray
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
     return DATASETS[name](**kwargs)

@@ -17,10 +17,30 @@ NORM_NAMES = {"batch": "BatchNorm", "layer": "LayerNorm", "none": "none"}
 
 def run(names=("breast_cancer", "digits"), norms=("batch", "layer", "none"), *, epochs=20,
         batch_size=32, lr=1e-3, seed=0, progress=False, comm=None):
-    """Train every (data set, normalisation) pair; returns one dict of results per pair.
+    """Train the seed lesson's model on every (data set, normalisation) pair.
 
-    With ``comm`` (an mpi4py communicator) training is data-parallel across its processes, with
-    every BatchNorm converted to a SyncBatchNorm."""
+    Parameters
+    ----------
+    names : sequence of {"breast_cancer", "digits"}
+    norms : sequence of {"batch", "layer", "none"}
+    epochs, batch_size : int
+    lr : float
+        Adam's learning rate.
+    seed : int
+        The same initial weights, split, shuffling and dropout masks for every variant.
+    progress : bool
+        Print one line per epoch.
+    comm : mpi4py communicator, optional
+        Data-parallel training across its processes, every BatchNorm converted to a
+        SyncBatchNorm.
+
+    Returns
+    -------
+    list of dict
+        One per pair: ``dataset``, ``norm``, ``train_loss``, ``val_accuracy``,
+        ``best_val_accuracy``, ``target``, ``epochs_to_target`` (None if not reached),
+        ``ms_per_epoch`` (median) and ``total_s``.
+    """
     rows = []
     for name in names:
         X_tr, y_tr, X_val, y_val = datasets.load(name, seed=seed)
@@ -48,6 +68,7 @@ def run(names=("breast_cancer", "digits"), norms=("batch", "layer", "none"), *, 
 
 
 def format_table(rows):
+    """The rows of :func:`run` as a plain-text table."""
     header = ["data set", "normalisation", "train loss", "val acc", "best val acc",
               "epochs to target", "ms/epoch"]
     lines = [[r["dataset"], r["norm"], f"{r['train_loss']:.4f}", f"{r['val_accuracy']:.4f}",

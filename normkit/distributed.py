@@ -33,12 +33,28 @@ def mpi():
 
 
 def world():
+    """``MPI.COMM_WORLD``: every process of the job (the default communicator)."""
     return mpi().COMM_WORLD
 
 
 def agree(comm, error, op):
-    """Collective: raise on every rank if any rank had an error (``error`` is an exception or
-    None). The failing rank re-raises its own error; the others raise a RuntimeError naming it."""
+    """Collective: raise on every rank if any rank had an error, so that none waits forever in
+    a later collective.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+    error : Exception or None
+        This rank's error, if any.
+    op : str
+        Names the operation in the other ranks' error.
+
+    Raises
+    ------
+    Exception
+        On a failing rank, its own ``error``; on the others, a RuntimeError naming the first
+        failing rank and its message.
+    """
     if comm.Get_size() == 1:
         if error is not None:
             raise error
@@ -160,9 +176,21 @@ def _copy_bn(src, cls, **extra):
 
 
 def convert_sync_batchnorm(model, comm=None):
-    """Replace every BatchNorm in ``model`` (a layer or a Sequential, nested too) by a
-    SyncBatchNorm holding the same parameters and statistics. Returns the converted model (a
-    lone BatchNorm is returned converted; a Sequential is changed in place and returned)."""
+    """Replace every BatchNorm in a model by a SyncBatchNorm holding the same parameters and
+    statistics (the same arrays, not copies).
+
+    Parameters
+    ----------
+    model : Module
+        A BatchNorm, or a Sequential (nested ones too), whose BatchNorm layers are converted.
+    comm : mpi4py communicator, optional
+        Default ``MPI.COMM_WORLD``.
+
+    Returns
+    -------
+    Module
+        A lone BatchNorm converted; a Sequential changed in place; any other layer as it is.
+    """
     comm = world() if comm is None else comm
     if isinstance(model, BatchNorm) and not isinstance(model, SyncBatchNorm):
         return _copy_bn(model, SyncBatchNorm, comm=comm)
@@ -172,7 +200,18 @@ def convert_sync_batchnorm(model, comm=None):
 
 
 def revert_sync_batchnorm(model):
-    """The way back: every SyncBatchNorm becomes a plain BatchNorm with the same state."""
+    """The way back from :func:`convert_sync_batchnorm`: every SyncBatchNorm becomes a plain
+    BatchNorm with the same state.
+
+    Parameters
+    ----------
+    model : Module
+
+    Returns
+    -------
+    Module
+        As :func:`convert_sync_batchnorm` returns it.
+    """
     if isinstance(model, SyncBatchNorm):
         return _copy_bn(model, BatchNorm)
     if isinstance(model, Sequential):

@@ -120,6 +120,5 @@ def layer_norm_backward(dy, saved):
     return dx.reshape(x.shape).astype(x.dtype), _cast(dweight, saved), _cast(dbias, saved)
 
 
-
 def _cast(grad, saved):
     return None if grad is None else grad.astype(saved.param_dtype)

@@ -4,12 +4,35 @@ import numpy as np
 
 
 def save(model, path):
-    """Write ``model.state_dict()`` to ``path`` (a ``.npz`` file)."""
+    """Write a model's state (parameters and buffers) to a file.
+
+    Parameters
+    ----------
+    model : Module
+    path : str or path-like
+        A ``.npz`` file, written with NumPy's ``savez`` (``.npz`` is added if missing).
+    """
     np.savez(path, **model.state_dict())
 
 
 def load_state(model, path):
-    """Load a file written by :func:`save` into ``model``; returns the model. Missing, extra or
-    wrongly shaped entries raise a ValueError naming them, and leave the model unchanged."""
+    """Load a file written by :func:`save` into a model of the same structure.
+
+    Parameters
+    ----------
+    model : Module
+    path : str or path-like
+
+    Returns
+    -------
+    Module
+        ``model``, with the file's state.
+
+    Raises
+    ------
+    ValueError
+        For missing, unexpected or wrongly shaped entries (all of them named); the model is
+        then left unchanged.
+    """
     with np.load(path, allow_pickle=False) as data:
         return model.load_state_dict({k: data[k] for k in data.files})

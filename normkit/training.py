@@ -14,7 +14,19 @@ class History(dict):
     ``val_loss`` and ``val_accuracy``. Accuracy is None for regression losses."""
 
     def epochs_to(self, key, target):
-        """The first epoch (1-based) at which ``history[key] >= target``, or None."""
+        """The first epoch at which a metric reached a target.
+
+        Parameters
+        ----------
+        key : str
+            A metric, such as ``"val_accuracy"``.
+        target : float
+
+        Returns
+        -------
+        int or None
+            The first epoch (1-based) with ``history[key] >= target``; None if there is none.
+        """
         for i, v in enumerate(self.get(key, [])):
             if v is not None and v >= target:
                 return i + 1
@@ -22,7 +34,22 @@ class History(dict):
 
 
 def accuracy(pred, target, loss):
-    """Classification accuracy for the prediction convention of ``loss`` (None for regression)."""
+    """Classification accuracy, read the way ``loss`` reads predictions.
+
+    Parameters
+    ----------
+    pred : ndarray
+        Model outputs: logits (N, K) for CrossEntropyLoss, probabilities (BCELoss) or logits
+        (BCEWithLogitsLoss) of shape (N, 1).
+    target : ndarray
+        Class labels (N,), or 0/1 values (N, 1) for the BCE losses.
+    loss : loss object
+
+    Returns
+    -------
+    float or None
+        The fraction of correct predictions; None for a regression loss (MSELoss).
+    """
     if isinstance(loss, CrossEntropyLoss):
         return float(np.mean(np.argmax(pred, axis=1) == np.asarray(target)))
     if isinstance(loss, (BCELoss, BCEWithLogitsLoss)):
@@ -43,7 +70,21 @@ def _batches(n, batch_size, order, min_last=2):
 
 
 def predict(model, X, batch_size=1024):
-    """Model outputs for ``X`` in eval mode (the model's mode is restored afterwards)."""
+    """Model outputs for ``X``, computed in eval mode (the model's mode is restored afterwards).
+
+    Parameters
+    ----------
+    model : Module
+    X : ndarray
+        Inputs, samples along the first axis.
+    batch_size : int
+        Samples per forward call.
+
+    Returns
+    -------
+    ndarray
+        The outputs of all samples, concatenated.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -53,7 +94,22 @@ def predict(model, X, batch_size=1024):
 
 
 def evaluate(model, X, y, loss, batch_size=1024):
-    """(loss, accuracy) of the model on (X, y) in eval mode."""
+    """Loss and accuracy of a model on a data set, in eval mode.
+
+    Parameters
+    ----------
+    model : Module
+    X, y : ndarray
+        Inputs and targets.
+    loss : loss object
+    batch_size : int
+        Samples per forward call.
+
+    Returns
+    -------
+    (float, float or None)
+        The mean loss and the accuracy (None for a regression loss).
+    """
     pred = predict(model, X, batch_size)
     return loss(pred, y), accuracy(pred, y, loss)
 

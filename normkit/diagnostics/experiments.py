@@ -25,6 +25,20 @@ NORM_LABEL = {"none": "no norm", "batch": "BatchNorm", "layer": "LayerNorm"}
 
 @dataclass
 class Result:
+    """What an experiment measured.
+
+    Attributes
+    ----------
+    name : str
+        The experiment's name (a key of ``EXPERIMENTS``), which picks its figure in :func:`plot`.
+    title : str
+    columns : list of str
+    rows : list of list
+        The table's rows, one value per column (None for "not applicable").
+    data : dict
+        The series behind the figure.
+    """
+
     name: str
     title: str
     columns: list
@@ -32,6 +46,7 @@ class Result:
     data: dict = field(default_factory=dict)
 
     def table(self):
+        """The title and the rows as a plain-text table, columns right-aligned."""
         cells = [[_cell(v) for v in row] for row in self.rows]
         widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(self.columns)]
         fmt = "  ".join(f"{{:>{w}}}" for w in widths)
@@ -202,6 +217,20 @@ EXPERIMENTS = {"shift": run_shift, "batch-size": run_batch_size, "small-batch": 
 
 
 def run(name, quick=False, seed=0):
+    """Run one experiment by name.
+
+    Parameters
+    ----------
+    name : {"shift", "batch-size", "small-batch", "learning-rate", "init"}
+    quick : bool
+        A subset of the data and fewer epochs (seconds instead of a minute; what the tests run).
+    seed : int
+        Seeds the data split, the initial weights, the shuffling and the dropout masks.
+
+    Returns
+    -------
+    Result
+    """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     return EXPERIMENTS[name](quick=quick, seed=seed)

@@ -14,8 +14,18 @@ def _pyplot():
 
 
 def plot(result, path):
-    """Draw the figure of an experiment :class:`~normkit.diagnostics.experiments.Result` to
-    ``path`` (PNG); returns the path."""
+    """Draw the figure of an experiment to a PNG file.
+
+    Parameters
+    ----------
+    result : normkit.diagnostics.experiments.Result
+    path : str or path-like
+
+    Returns
+    -------
+    str or path-like
+        ``path``.
+    """
     plt = _pyplot()
     fig = DRAW[result.name](plt, result)
     fig.suptitle(result.title, fontsize=9)

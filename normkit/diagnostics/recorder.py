@@ -52,6 +52,7 @@ class ActivationRecorder:
         return seen
 
     def record(self, model, epoch):
+        """Append the statistics of each chosen layer's input on the probe, labelled ``epoch``."""
         for name, x in self.inputs(model).items():
             x2 = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
             self.records.append({
@@ -63,6 +64,17 @@ class ActivationRecorder:
         self.record(model, epoch)
 
     def series(self, layer, key):
-        """(epochs, values) of one statistic of one layer over the recorded calls."""
+        """One statistic of one layer over the recorded calls.
+
+        Parameters
+        ----------
+        layer : str
+            A name given in ``layers``.
+        key : {"mean", "std", "unit_percentiles"}
+
+        Returns
+        -------
+        epochs, values : ndarray
+        """
         rows = [r for r in self.records if r["layer"] == layer]
         return np.array([r["epoch"] for r in rows]), np.array([r[key] for r in rows])
