@@ -1,6 +1,8 @@
 """How CPU kernels are compiled and launched: a parallel build and a serial twin of each."""
 
+import hashlib
 import types
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -16,6 +18,31 @@ FASTMATH = {"reassoc", "contract"}
 # NumPy's error model: division by zero gives inf/NaN instead of raising, which also lets LLVM
 # vectorise loops with divisions (Python's model puts a check in every iteration).
 OPTIONS = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+
+
+# Numba invalidates a cached build only when the file of the compiled function itself changes, not
+# when a helper it calls from another file does (numba/numba#8396), and the kernels here inline
+# helpers from _streaming.py, _compile.py and each other's files. So each cached build is stamped
+# with a digest of every source file of this folder too: an edit to any of them recompiles them
+# all, instead of leaving kernels cached before it running the old helper.
+SOURCES_DIGEST = hashlib.sha256(
+    b"".join(p.name.encode() + p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+).hexdigest()
+
+
+def _stamped(dispatcher):
+    """``dispatcher`` (compiled with cache=True) with :data:`SOURCES_DIGEST` in its cache stamp."""
+    try:
+        cache_file = dispatcher._cache._cache_file  # numba's internals (0.60-0.68)
+        cache_file._source_stamp = (cache_file._source_stamp, SOURCES_DIGEST)
+    except AttributeError:  # other internals: numba's own per-file invalidation only
+        pass
+    return dispatcher
+
+
+def cached_njit(py_func, **options):
+    """``njit(**OPTIONS, **options)(py_func)``, its cache stamped with :data:`SOURCES_DIGEST`."""
+    return _stamped(njit(**OPTIONS, **options)(py_func))
 
 
 def _twin(py_func, suffix):
@@ -37,8 +64,8 @@ class Kernel:
     def __init__(self, py_func):
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
-        self.parallel = njit(parallel=True, **OPTIONS)(py_func)
-        self.serial = njit(**OPTIONS)(_twin(py_func, "_serial"))
+        self.parallel = cached_njit(py_func, parallel=True)
+        self.serial = cached_njit(_twin(py_func, "_serial"))
 
     def __call__(self, *args, work):
         if work < config.PARALLEL_MIN_ELEMENTS or _threading.serial_only():
@@ -52,8 +79,11 @@ def kernel(py_func):
     return Kernel(py_func)
 
 
-# Helpers called from kernels: compiled once, inlined into both builds.
-helper = njit(**OPTIONS)
+def helper(py_func):
+    """Decorator for helpers called from kernels: compiled once, inlined into both builds."""
+    return cached_njit(py_func)
+
+
 # Helpers called once per row of a tile: inlined by Numba itself, before LLVM sees the code. LLVM
 # kept the elementwise row helpers (vectorised loops, a streaming path) as calls with seven
 # arguments per array, which made 64-column rows 1.5-2x slower. Their kernels' caches hold them.
