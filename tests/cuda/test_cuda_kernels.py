@@ -23,6 +23,10 @@ def _close(a, b, dtype, scale=1.0):
                                rtol=TOL[dtype], atol=TOL[dtype] * scale)
 
 
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((3, 4, 37), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
                                         ((4, 3, 5), 1), ((2, 33), 1),
@@ -108,11 +112,9 @@ def test_layers_work_with_device_arrays_end_to_end():
     dy = rng.standard_normal(x.shape).astype(np.float32)
     for layer, ref, inp in ((bn, bn_ref, x), (ln, ln_ref, cuda.to_device(x))):
         y = layer(inp)
-        y = y.copy_to_host() if hasattr(y, "copy_to_host") else y
-        _close(y, ref(x), np.float32)
+        _close(_host(y), ref(x), np.float32)
         dx = layer.backward(dy if isinstance(inp, np.ndarray) else cuda.to_device(dy))
-        dx = dx.copy_to_host() if hasattr(dx, "copy_to_host") else dx
-        _close(dx, ref.backward(dy), np.float32)
+        _close(_host(dx), ref.backward(dy), np.float32)
         _close(layer.weight.grad, ref.weight.grad, np.float32, 10)
     np.testing.assert_allclose(bn.running_var, bn_ref.running_var, rtol=1e-6)
     assert bn.num_batches_tracked == 1
@@ -158,10 +160,6 @@ def test_strided_device_inputs_match_the_reference(full, view, axis, dtype):
     _close(y.copy_to_host(), y_ref, dtype)
     dx, _, _ = F.layer_norm_backward(cuda.to_device(np.ascontiguousarray(dy)), saved)
     _close(dx.copy_to_host(), R.layer_norm_backward(dy, saved_ref)[0], dtype, 10)
-
-
-def _host(a):
-    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
 
 
 @pytest.mark.parametrize("nchw,axis", [((3, 5, 4, 6), 1), ((2, 7, 9), 1), ((6, 300), 0)])
@@ -237,10 +235,6 @@ def test_parameters_changed_in_place_are_sent_again():
 # Weights, biases and running statistics on the device: used in place, updated on the device,
 # gradients returned there.
 # ------------------------------------------------------------------------------------------------
-
-def _host(a):
-    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
-
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", [((9, 5), 1), ((2, 3, 40), 1)])  # wide and runs layouts

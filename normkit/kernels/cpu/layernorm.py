@@ -16,7 +16,7 @@ from numba import prange
 from ... import _memory
 from ._compile import (cast_like, helper, inline_helper, kernel, split_like, wide_vectors,
                        wide_vectors_for)
-from .batchnorm import run_shifted_sums
+from ._bn_runs import run_shifted_sums
 
 BACKWARD_CHUNKS = 16  # partial dweight/dbias rows; enough to keep 16 cores busy
 # Rows at least this long are pipelined in the backward pass (see _pipelined_row_pairs). Shorter
@@ -40,7 +40,7 @@ def _forward(x, weight, bias, eps, out, mean, rstd, rows_per_task):
             rs = 1.0 / math.sqrt(max(s2 * inv_n - mean_d * mean_d, 0.0) + eps)
             mean[r] = mu
             rstd[r] = rs
-            xr = x[r]  # 1-D row views let LLVM vectorise (see batchnorm.py)
+            xr = x[r]  # 1-D row views let LLVM vectorise (see _bn_wide.py)
             o = out[r]
             # Everything in the output's dtype (float32: twice the SIMD width of float64), with the
             # mean split in two: its value in that dtype and the rest. x - mu_hi is exact near the
@@ -197,7 +197,7 @@ def _backward(dy, x, mean, rstd, weight, out, partials):
         r1 = min(r0 + rows_per_chunk, n_rows)
         # Two rows per sweep, one from each half of the chunk: dweight/dbias partials are updated
         # once per two rows, which halves the stores that bound this loop, and the rows are two
-        # separate sequential streams for the prefetcher (see batchnorm._tile_shifted_sums).
+        # separate sequential streams for the prefetcher (see _bn_wide.tile_shifted_sums).
         h = max(r1 - r0, 0) // 2  # the last chunks can be empty (r0 > r1)
         if h and n_cols >= PIPELINE_MIN_COLS:
             _pipelined_row_pairs(dy, x, mean, rstd, weight, out, r0, h, inv_n, dw, db)

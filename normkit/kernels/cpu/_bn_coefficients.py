@@ -1,0 +1,107 @@
+"""BatchNorm's per-channel arithmetic: mean and variance from partial sums, the merge of parts,
+and the coefficients of the elementwise passes, forward and backward.
+"""
+
+import numpy as np
+
+from ._compile import helper
+
+
+@helper
+def moments_from_partials(shift, sums, squares, count):
+    """Mean and biased variance per column from partial sums of d = x - shift and d^2 (one row
+    of ``sums``/``squares`` per tile) over ``count`` values. Compiled: the NumPy calls it
+    replaced took 3-4x as long (C = 8192: ~70 us vs ~20 us). NaN/inf input gives NaN/inf."""
+    sum_d = sums[0].copy()
+    sum_d2 = squares[0].copy()
+    for t in range(1, sums.shape[0]):
+        sum_d += sums[t]
+        sum_d2 += squares[t]
+    mean = np.empty_like(sum_d)
+    var = np.empty_like(sum_d)
+    inv_count = 1.0 / count  # a multiply per column vectorises better than a divide
+    for j in range(sum_d.shape[0]):
+        mean[j], var[j] = moments(shift[j], sum_d[j], sum_d2[j], inv_count)
+    return mean, var
+
+
+@helper
+def moments(shift, sum_d, sum_d2, inv_count):
+    """Mean and biased variance from sum(d) and sum(d^2), d = x - shift, over 1 / inv_count values."""
+    mean_d = sum_d * inv_count
+    v = sum_d2 * inv_count - mean_d * mean_d
+    return shift + mean_d, 0.0 if v < 0.0 else v  # written so that NaN stays NaN
+
+
+def combine_moments(counts, means, variances):
+    """Merge parts into one: mean and biased variance of the union of parts p, each with
+    ``counts[p]`` values, mean ``means[p]`` and biased variance ``variances[p]`` (per column).
+    Chan et al.'s formula, free of cancellation: every term is non-negative."""
+    counts = counts[:, None]
+    total = counts.sum()
+    mean = (counts * means).sum(axis=0) / total
+    m2 = (counts * variances).sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
+    return mean, m2 / total
+
+
+# without losing a large mean: the mean is split into ``centre``, its value in that dtype, and the
+# rest, which is folded into the constant term:
+#     (x - mean) * scale + shift = (x - centre) * scale + (shift - (mean - centre) * scale).
+# x - centre is exact near the mean (Sterbenz) and rounded once elsewhere, as a float64 result
+# would be when stored, so outputs stay within about an ulp even for randn + 1e6 (measured 5-25%
+# faster than centring in float64). The per-channel coefficients are computed by compiled loops:
+# for 256 channels they took 3.5x as long as a dozen NumPy calls.
+
+NONE = np.empty(0)  # an absent weight or bias, for the compiled helpers
+
+
+@helper
+def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
+    for c in range(mean.shape[0]):  # a loop of its own, so that the square roots vectorise
+        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    for c in range(mean.shape[0]):
+        k = rstd[c] * weight[c] if weight.shape[0] else rstd[c]
+        h = bias[c] if bias.shape[0] else 0.0
+        centre[c] = mean[c]
+        scale[c] = k
+        shift[c] = h - (mean[c] - np.float64(centre[c])) * np.float64(scale[c])
+
+
+def forward_coefficients(mean, var, weight, bias, eps, dtype):
+    """Per channel: rstd = 1 / sqrt(var + eps) (float64) and the ``(centre, scale, shift)``
+    vectors, in ``dtype``, of y = (x - centre) * scale + shift = (x - mean) * rstd * weight + bias."""
+    n = mean.shape[0]
+    rstd = np.empty(n)
+    centre, scale, shift = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
+    fill_forward(mean, var, NONE if weight is None else weight, NONE if bias is None else bias,
+                 float(eps), rstd, centre, scale, shift)
+    return rstd, (centre, scale, shift)
+
+
+@helper
+def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
+                  centre, k_dy, k_x, k_0, dweight):
+    for c in range(mean.shape[0]):
+        r = rstd[c]
+        k = r * weight[c] if weight.shape[0] else r
+        a = sum_dy[c] * inv_count if batch_stats else 0.0
+        b = sum_dy_xc[c] * (r * r * inv_count) if batch_stats else 0.0
+        centre[c] = mean[c]
+        k_dy[c] = k
+        k_x[c] = -k * b
+        k_0[c] = -k * b * (np.float64(centre[c]) - mean[c]) - k * a
+        dweight[c] = sum_dy_xc[c] * r
+
+
+def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype):
+    """The ``(centre, k_dy, k_x, k_0)`` vectors, in ``dtype``, of
+    dx = dy * k_dy + (x - centre) * k_x + k_0 = k * (dy - a - (x - mean) * b), with k = rstd * weight,
+    a = sum(dy) / count and b = sum(dy * (x - mean)) * rstd^2 / count (a = b = 0 when the forward
+    used running statistics: they are constants); and dweight = sum(dy * (x - mean)) * rstd
+    (float64). Sums over ``count`` values per channel, as :func:`grad_sums` returns them."""
+    n = mean.shape[0]
+    coefficients = tuple(np.empty(n, dtype) for _ in range(4))
+    dweight = np.empty(n)
+    fill_backward(sum_dy, sum_dy_xc, mean, rstd, NONE if weight is None else weight,
+                  1.0 / count, bool(batch_stats), *coefficients, dweight)
+    return coefficients, dweight

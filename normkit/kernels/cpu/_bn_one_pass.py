@@ -1,0 +1,102 @@
+"""BatchNorm's one-pass kernels: when one task's share of the data fits in a core's L2 cache (a
+channel of an NCHW batch, a band of columns of a small-batch (N, C) array), the task takes its
+statistics or gradient sums and then writes its output at once, so the second pass reads from
+L2 instead of memory: 1.3-1.7x on the BatchNorm training forward and backward (measured on
+(32, 64, 56, 56) and (256, 8192) float32). The coefficients come from the same helpers as the
+two-pass path, called on one-element (runs) or one-band (wide) slices. Whether they apply:
+:func:`normkit.kernels.cpu.batchnorm.one_pass_band`.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._bn_coefficients import fill_backward, fill_forward, moments
+from ._bn_rows import affine_row, grad_input_row
+from ._bn_runs import run_grad_sums, run_shifted_sums
+from ._bn_wide import tile_affine, tile_grad_input, tile_grad_sums, tile_shifted_sums
+from ._compile import kernel
+from ._streaming import end_streams
+
+
+@kernel
+def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift,
+                          stream):
+    n_outer, n_ch, n_inner = x.shape
+    inv_count = 1.0 / (n_outer * n_inner)
+    for c in prange(n_ch):
+        k = np.float64(x[0, c, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for o in range(n_outer):
+            a1, a2 = run_shifted_sums(x[o, c], k)
+            s1 += a1
+            s2 += a2
+        mean[c], var[c] = moments(k, s1, s2, inv_count)
+        fill_forward(mean[c:c + 1], var[c:c + 1], weight[c:c + 1], bias[c:c + 1], eps,
+                     rstd[c:c + 1], centre[c:c + 1], scale[c:c + 1], shift[c:c + 1])
+        for o in range(n_outer):
+            affine_row(x[o, c], centre[c], scale[c], shift[c], out[o, c], stream)
+        if stream:
+            end_streams()
+
+
+@kernel
+def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band,
+                          stream):
+    n_rows, n_cols = x.shape
+    inv_count = 1.0 / n_rows
+    for t in prange((n_cols + band - 1) // band):
+        c0 = t * band
+        c1 = min(c0 + band, n_cols)
+        k = x[0, c0:c1].astype(np.float64)
+        s1 = np.zeros(c1 - c0)
+        s2 = np.zeros(c1 - c0)
+        tile_shifted_sums(x, 0, n_rows, c0, c1, k, s1, s2)
+        for j in range(c1 - c0):
+            mean[c0 + j], var[c0 + j] = moments(k[j], s1[j], s2[j], inv_count)
+        fill_forward(mean[c0:c1], var[c0:c1], weight[c0:c1], bias[c0:c1], eps,
+                     rstd[c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1])
+        tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out, stream)
+        if stream:
+            end_streams()
+
+
+@kernel
+def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
+                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, stream):
+    n_outer, n_ch, n_inner = x.shape
+    for c in prange(n_ch):
+        s1 = 0.0
+        s2 = 0.0
+        for o in range(n_outer):
+            a1, a2 = run_grad_sums(dy[o, c], x[o, c], mean[c])
+            s1 += a1
+            s2 += a2
+        sum_dy[c] = s1
+        sum_dy_xc[c] = s2
+        fill_backward(sum_dy[c:c + 1], sum_dy_xc[c:c + 1], mean[c:c + 1], rstd[c:c + 1],
+                      weight[c:c + 1], inv_count, batch_stats, centre[c:c + 1], k_dy[c:c + 1],
+                      k_x[c:c + 1], k_0[c:c + 1], dweight[c:c + 1])
+        for o in range(n_outer):
+            grad_input_row(dy[o, c], x[o, c], centre[c], k_dy[c], k_x[c], k_0[c], out[o, c], stream)
+        if stream:
+            end_streams()
+
+
+@kernel
+def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
+                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, stream):
+    n_rows, n_cols = x.shape
+    for t in prange((n_cols + band - 1) // band):
+        c0 = t * band
+        c1 = min(c0 + band, n_cols)
+        sum_dy[c0:c1] = 0.0
+        sum_dy_xc[c0:c1] = 0.0
+        tile_grad_sums(dy, x, 0, n_rows, c0, c1, mean[c0:c1], sum_dy[c0:c1], sum_dy_xc[c0:c1])
+        fill_backward(sum_dy[c0:c1], sum_dy_xc[c0:c1], mean[c0:c1], rstd[c0:c1], weight[c0:c1],
+                      inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                      k_0[c0:c1], dweight[c0:c1])
+        tile_grad_input(dy, x, 0, n_rows, c0, c1, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                        k_0[c0:c1], out, stream)
+        if stream:
+            end_streams()
