@@ -36,10 +36,16 @@ def cuda_available():
         return False
 
 
-def resolve(backend, x, op):
-    """The concrete backend for input ``x``; a clear error for unknown or unavailable ones."""
+def known(backend, op):
+    """``backend`` if it is one of :data:`BACKENDS`, else a ValueError naming ``op``."""
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve(backend, x, op):
+    """The concrete backend for input ``x``; a clear error for unknown or unavailable ones."""
+    known(backend, op)
     if backend == "auto":
         return "cuda" if is_device_array(x) else "numba"
     if backend == "cuda" and not cuda_available():

@@ -30,11 +30,28 @@ def same_shape(a, b, op, name_a, name_b):
         raise ValueError(f"{op}: {name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
 
 
+def float_dtype(dtype, op):
+    """``dtype`` as a NumPy dtype if it is float32 or float64, else a TypeError naming ``op``."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def int_axis(axis, op):
+    """``axis`` if it is an int (its range is checked against each input), else a TypeError."""
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"{op}: axis must be an int, got {axis!r}")
+    return int(axis)
+
+
 def channel_axis(axis, ndim, op):
     if type(axis) is int and -ndim <= axis < ndim:  # the common case, without ABC checks (~us)
         return axis % ndim
-    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
-        raise TypeError(f"{op}: axis must be an int, got {axis!r}")
+    int_axis(axis, op)
     if not -ndim <= axis < ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for an input with {ndim} dimensions")
     return int(axis) % ndim

@@ -66,14 +66,20 @@ def test_dropout_keeps_about_one_minus_p_and_rescales(rng):
         nk.Dropout(1.5)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: nk.Linear(0, 3), "Linear: in_features must be a positive int, got 0"),
-    (lambda: nk.Linear(3, 2.5), "Linear: out_features must be a positive int, got 2.5"),
-    (lambda: nk.BatchNorm(True), "BatchNorm: num_features must be a positive int, got True"),
-    (lambda: nk.Dropout(float("nan")), "Dropout: p must be a number in"),
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: nk.Linear(0, 3), ValueError, "Linear: in_features must be a positive int, got 0"),
+    (lambda: nk.Linear(3, 2.5), ValueError, "Linear: out_features must be a positive int, got 2.5"),
+    (lambda: nk.Linear(3, 2, dtype=np.int32), TypeError, "Linear: dtype must be float32 or float64"),
+    (lambda: nk.BatchNorm(True), ValueError, "BatchNorm: num_features must be a positive int, got True"),
+    (lambda: nk.BatchNorm(4, axis="1"), TypeError, "BatchNorm: axis must be an int, got '1'"),
+    (lambda: nk.BatchNorm(4, backend="gpu"), ValueError, "BatchNorm: backend must be one of"),
+    (lambda: nk.BatchNorm(4, dtype="float16"), TypeError, "BatchNorm: dtype must be float32"),
+    (lambda: nk.LayerNorm(4, dtype=np.int64), TypeError, "LayerNorm: dtype must be float32"),
+    (lambda: nk.LayerNorm(4, backend="torch"), ValueError, "LayerNorm: backend must be one of"),
+    (lambda: nk.Dropout(float("nan")), ValueError, "Dropout: p must be a number in"),
 ])
-def test_layer_settings_are_checked(make, message):
-    with pytest.raises(ValueError, match=message):
+def test_layer_settings_are_checked(make, error, message):
+    with pytest.raises(error, match=message):
         make()
 
 

@@ -31,6 +31,7 @@ class Linear(Module):
         super().__init__()
         in_features = _checks.positive_int(in_features, "Linear", "in_features")
         out_features = _checks.positive_int(out_features, "Linear", "out_features")
+        dtype = _checks.float_dtype(dtype, "Linear")
         rng = random.generator() if rng is None else rng
         bound = 1.0 / np.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import _checks, functional as F
+from .. import _backend, _checks, functional as F
 from .._backend import is_device_array
 from .module import Module, Parameter
 
@@ -58,16 +58,14 @@ class BatchNorm(Module):
         super().__init__()
         op = "BatchNorm"
         num_features = _checks.positive_int(num_features, op, "num_features")
-        dtype = np.dtype(dtype)
-        if dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
+        dtype = _checks.float_dtype(dtype, op)
         self.num_features = num_features
-        self.axis = axis
+        self.axis = _checks.int_axis(axis, op)
         self.eps = _checks.positive_eps(eps, op)
         self.momentum = _checks.momentum_value(momentum, op)
         self.affine = affine
         self.track_running_stats = track_running_stats
-        self.backend = backend
+        self.backend = _backend.known(backend, op)
         self.frozen = False
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
@@ -151,8 +149,8 @@ class LayerNorm(Module):
         self.normalized_shape = _checks.normalized_shape_tuple(normalized_shape, op)
         self.eps = _checks.positive_eps(eps, op)
         self.elementwise_affine = elementwise_affine
-        self.backend = backend
-        dtype = np.dtype(dtype)
+        self.backend = _backend.known(backend, op)
+        dtype = _checks.float_dtype(dtype, op)
         self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if elementwise_affine else None
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if elementwise_affine and bias else None
         self._saved = None
