@@ -198,6 +198,26 @@ def test_batch_norm_reads_dense_permutations_in_place(nchw, axis, monkeypatch):
     _close(dx, dx_ref, np.float32, 10)
 
 
+@pytest.mark.parametrize("full,view,axes", [
+    ((6, 10), lambda a: a[:, ::2], 1),                 # one run of every other value
+    ((3, 4, 5, 6), lambda a: a[:, 1:], 2),             # whole (H, W) planes: (N, C*H*W) rows
+    ((3, 4, 5, 6), lambda a: a[:, :, :, ::3], 1),      # every third value (6 columns)
+    ((3, 4, 5, 6), lambda a: a[:, :, :, ::4], 2),      # every fourth column: (N*C*H, 2)
+    ((3, 4, 5, 6), lambda a: a[1:, :, 1:4, :5], 3),
+    ((2, 1, 3, 4), lambda a: a[:, :, ::2, :], 3),      # a size-1 axis dropped
+    ((7, 5), lambda a: a.T, 2),                        # nothing to merge
+    ((1, 1, 5), lambda a: a[:, :, 2:3], 1),            # a single value
+])
+def test_gather_merges_axes_that_step_over_each_other(full, view, axes):
+    from normkit.kernels.cuda._strided import merged_axes
+    base = np.arange(np.prod(full), dtype=np.float32).reshape(full)
+    v = view(base)
+    shape, strides = merged_axes(v.shape, tuple(s // v.itemsize for s in v.strides))
+    assert len(shape) == axes and np.prod(shape) == v.size
+    same = np.lib.stride_tricks.as_strided(v, shape, tuple(s * v.itemsize for s in strides))
+    np.testing.assert_array_equal(same.reshape(-1), v.reshape(-1))  # same values, same order
+
+
 def test_strided_device_inputs_leave_the_input_unchanged_and_refuse_negative_strides():
     x_full = np.arange(48, dtype=np.float32).reshape(6, 8)
     xd_full = cuda.to_device(x_full)

@@ -42,15 +42,33 @@ def gather(d, threads, target, op, name):
     if any(s < 0 or s % itemsize for s in d.strides):
         raise ValueError(f"{op}: device array {name} has strides {tuple(d.strides)} (bytes): "
                          "negative or not a multiple of its item size; copy it first")
-    strides = tuple(s // itemsize for s in d.strides)
-    span = 1 + sum((n - 1) * s for n, s in zip(d.shape, strides))
+    shape, strides = merged_axes(d.shape, tuple(s // itemsize for s in d.strides))
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides))
     out = _pool.empty(tuple(d.shape), d.dtype, _pool.current_context())
     blocks = max(1, min(math.ceil(d.size / threads), 4 * target))
     # Through numba's dispatcher, not normkit's launcher: it takes the tuples, and this copy is
     # the exception, not the per-call path.
     memory = _view(d, (span,), (itemsize,))  # what the strided array spans, from its start
-    gather_kernel[blocks, threads](memory, tuple(d.shape), strides, out.reshape(d.size))
+    gather_kernel[blocks, threads](memory, shape, strides, out.reshape(d.size))
     return out
+
+
+def merged_axes(shape, strides):
+    """(shape, strides) of the same elements in the same C order with as few axes as can be:
+    size-1 axes dropped, and each axis merged into the one before it where that one steps over
+    it exactly (``strides[k - 1] == shape[k] * strides[k]``), so that the gather divides once
+    per remaining axis (a sliced (N, C, H, W) array with whole rows: two axes, not four)."""
+    out_shape, out_strides = [], []
+    for n, s in zip(shape, strides):
+        if n == 1:
+            continue
+        if out_shape and out_strides[-1] == n * s:
+            out_shape[-1] *= n
+            out_strides[-1] = s
+        else:
+            out_shape.append(n)
+            out_strides.append(s)
+    return (tuple(out_shape), tuple(out_strides)) if out_shape else ((1,), (1,))
 
 
 def permuted(d, axes):
