@@ -48,3 +48,35 @@ def test_an_edit_to_a_helper_in_another_file_recompiles_its_callers(tmp_path):
     assert list((kernels / "__pycache__").glob("_probe.probe-*.nbi"))  # it was cached
     helper_file.write_text(helper_file.read_text().replace("x + 1", "x + 2"))
     assert _run_probe(tmp_path) == 3
+
+
+def test_every_cached_cpu_kernel_carries_the_sources_digest():
+    """A kernel compiled with ``njit(cache=True)`` directly, not through ``_compile``, would
+    miss the digest and could run a stale helper: this lists any."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import normkit.kernels.cpu as package
+    from normkit.kernels.cpu import _compile
+
+    stamped, missing = 0, []
+    for module_info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, _compile.Kernel):
+                builds = (obj.parallel, obj.serial)
+            elif isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__:
+                builds = (obj,)
+            else:
+                continue
+            for build in builds:
+                if type(getattr(build, "_cache", None)).__name__ == "NullCache":
+                    continue  # not cached (the inlined row helpers): nothing to go stale
+                stamp = build._cache._cache_file._source_stamp
+                if isinstance(stamp, tuple) and stamp[-1] == _compile.SOURCES_DIGEST:
+                    stamped += 1
+                else:
+                    missing.append(f"{module_info.name}.{name}")
+    assert missing == [] and stamped > 50
