@@ -138,6 +138,8 @@ def batch_norm_backward(dy, saved):
         return reference.batch_norm_backward(dy, saved)
 
     layout, xk, mean, rstd = saved.layout, saved.x, saved.mean, saved.rstd
+    if dy.dtype != xk.dtype:  # the kernels take dy and x of one dtype; dx has x's anyway
+        dy = dy.astype(xk.dtype)
     dyk = layout.view(dy)
     dxk, dx = layout.empty(xk.dtype, apart_from=(dyk, xk))
     needs_sums = saved.batch_stats or saved.weight is not None or saved.has_bias

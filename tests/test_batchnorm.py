@@ -72,6 +72,22 @@ def test_forward_backward_match_reference(rng, kernel_build, bn_passes, shape, a
         assert_close(got, want, dtype, scale=scale, what=name)
 
 
+@pytest.mark.parametrize("x_dtype,dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+@pytest.mark.parametrize("shape,axis", [((64, 10), 1), ((3, 5, 7, 11), 1), ((3, 5, 4, 7), -1), ((7, 257), 0)])
+@pytest.mark.parametrize("training", [True, False])
+def test_dy_of_the_other_float_dtype(rng, bn_passes, shape, axis, x_dtype, dy_dtype, training):
+    """An upstream gradient in float64 for a float32 forward (or the reverse) gives x's dtype
+    back, as the reference does (it used to fail to compile: the kernels take one dtype)."""
+    x = (rng.standard_normal(shape) * 3 + 2).astype(x_dtype)
+    (_, sk, _), (_, sr, _) = _run_both(x, rng, axis, training, dtype=x_dtype)
+    dy = rng.standard_normal(shape).astype(dy_dtype)
+    dk, dr = F.batch_norm_backward(dy, sk), R.batch_norm_backward(dy, sr)
+    assert [g.dtype for g in dk] == [np.dtype(x_dtype)] * 3
+    n = x.size // x.shape[axis]
+    for name, got, want, scale in zip(("dx", "dweight", "dbias"), dk, dr, (1, np.sqrt(n), np.sqrt(n))):
+        assert_close(got, want, np.float32, scale=scale, what=name)
+
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_without_affine_and_running_stats(rng, kernel_build, bn_passes, affine):
     x = rng.standard_normal((20, 6, 5))

@@ -38,6 +38,22 @@ def test_forward_backward_match_reference(rng, kernel_build, shape, ns, dtype, a
             assert_close(got, want, dtype, scale=scale, what=name)
 
 
+@pytest.mark.parametrize("x_dtype,dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+@pytest.mark.parametrize("shape,ns", [((64, 10), 10), ((4, 6, 41), (6, 41)), ((300, 517), 517)])
+def test_dy_of_the_other_float_dtype(rng, kernel_build, shape, ns, x_dtype, dy_dtype):
+    """A float64 upstream gradient for a float32 forward (or the reverse) gives x's dtype back."""
+    x = (rng.standard_normal(shape) * 3 + 2).astype(x_dtype)
+    nshape = (ns,) if isinstance(ns, int) else ns
+    w, b = (rng.standard_normal(nshape).astype(x_dtype) for _ in range(2))
+    (_, sk), (_, sr) = F.layer_norm(x, ns, w, b), R.layer_norm(x, ns, w, b)
+    dy = rng.standard_normal(shape).astype(dy_dtype)
+    dk, dr = F.layer_norm_backward(dy, sk), R.layer_norm_backward(dy, sr)
+    assert [g.dtype for g in dk] == [np.dtype(x_dtype)] * 3
+    rows = x.size // int(np.prod(nshape))
+    for name, got, want, scale in zip(("dx", "dweight", "dbias"), dk, dr, (1, np.sqrt(rows), np.sqrt(rows))):
+        assert_close(got, want, np.float32, scale=scale, what=name)
+
+
 @pytest.mark.parametrize("shape,ns", [((5, 6), 6), ((2, 3, 4), (3, 4)), ((4, 1), 1)])
 def test_kernel_gradients_by_finite_differences(rng, kernel_build, shape, ns):
     x = rng.standard_normal(shape) * 2 + 1

@@ -75,6 +75,27 @@ def test_layer_norm_matches_reference(shape, ns, dtype):
         _close(got, want, dtype, scale)
 
 
+@pytest.mark.parametrize("x_dtype,dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+@pytest.mark.parametrize("on_device", [False, True])
+def test_dy_of_the_other_float_dtype(x_dtype, dy_dtype, on_device):
+    """dx, dweight and dbias come back in x's dtype, as from the CPU kernels and the reference."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((6, 8)) * 2 + 3).astype(x_dtype)
+    w, b = rng.standard_normal(8).astype(x_dtype), rng.standard_normal(8).astype(x_dtype)
+    dy = rng.standard_normal(x.shape).astype(dy_dtype)
+    put = cuda.to_device if on_device else np.asarray
+    runs = [(F.batch_norm(put(x), None, None, w, b, training=True, backend="cuda")[1],
+             R.batch_norm(x, None, None, w, b, training=True)[1], F.batch_norm_backward,
+             R.batch_norm_backward),
+            (F.layer_norm(put(x), 8, w, b, backend="cuda")[1], R.layer_norm(x, 8, w, b)[1],
+             F.layer_norm_backward, R.layer_norm_backward)]
+    for saved, saved_r, backward, backward_r in runs:
+        got = [_host(g) for g in backward(put(dy), saved)]
+        assert [g.dtype for g in got] == [np.dtype(x_dtype)] * 3
+        for g, want in zip(got, backward_r(dy, saved_r)):
+            _close(g, want, np.float32, np.sqrt(6))
+
+
 @pytest.mark.parametrize("shift", [1e4, 1e6])
 def test_large_mean_float32_is_exact(shift):
     rng = np.random.default_rng(3)
