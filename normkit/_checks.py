@@ -57,10 +57,11 @@ def channel_axis(axis, ndim, op):
     return int(axis) % ndim
 
 
-def positive_int(value, op, name):
-    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+def positive_int(value, op, name, *, at_least=1):
+    """``value`` as an int if it is an integer (not a bool) >= ``at_least``, else a ValueError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < at_least:
+        wanted = "a positive int" if at_least == 1 else f"an int >= {at_least}"
+        raise ValueError(f"{op}: {name} must be {wanted}, got {value!r}")
     return int(value)
 
 

@@ -34,6 +34,10 @@ class BCELoss(_Loss):
 
     def __call__(self, pred, target):
         p, t = self._pair(pred, target)
+        outside = (p < 0) | (p > 1)  # NaN is neither: a diverged model's NaN loss stays NaN
+        if outside.any():
+            raise ValueError(f"BCELoss: pred must be probabilities in [0, 1] (as after a Sigmoid; "
+                             f"BCEWithLogitsLoss takes logits), got a value of {p[outside].flat[0]}")
         pd = p.astype(np.float64)
         with np.errstate(divide="ignore"):  # log(0) = -inf, clamped just below
             loss = -(t * np.maximum(np.log(pd), -100) + (1 - t) * np.maximum(np.log1p(-pd), -100))

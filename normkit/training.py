@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import random
+from . import _checks, random
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss
 
 
@@ -69,13 +69,22 @@ def _batches(n, batch_size, order, min_last=2):
     return [order[s:e] for s, e in zip(starts, ends)]
 
 
+def _samples(X, op, name="X"):
+    """``X`` (an array or anything NumPy reads as one, such as nested lists) as an ndarray of at
+    least one sample along its first axis."""
+    X = np.asarray(X)
+    if X.ndim == 0 or len(X) == 0:
+        raise ValueError(f"{op}: {name} must hold samples along its first axis, got shape {X.shape}")
+    return X
+
+
 def predict(model, X, batch_size=1024):
     """Model outputs for ``X``, computed in eval mode (the model's mode is restored afterwards).
 
     Parameters
     ----------
     model : Module
-    X : ndarray
+    X : array_like
         Inputs, samples along the first axis.
     batch_size : int
         Samples per forward call.
@@ -85,6 +94,8 @@ def predict(model, X, batch_size=1024):
     ndarray
         The outputs of all samples, concatenated.
     """
+    X = _samples(X, "predict")
+    batch_size = _checks.positive_int(batch_size, "predict", "batch_size")
     was_training = model.training
     model.eval()
     try:
@@ -99,7 +110,7 @@ def evaluate(model, X, y, loss, batch_size=1024):
     Parameters
     ----------
     model : Module
-    X, y : ndarray
+    X, y : array_like
         Inputs and targets.
     loss : loss object
     batch_size : int
@@ -111,6 +122,9 @@ def evaluate(model, X, y, loss, batch_size=1024):
         The mean loss and the accuracy (None for a regression loss).
     """
     pred = predict(model, X, batch_size)
+    y = _samples(y, "evaluate", "y")
+    if len(y) != len(pred):
+        raise ValueError(f"evaluate: X has {len(pred)} samples but y has {len(y)}")
     return loss(pred, y), accuracy(pred, y, loss)
 
 
@@ -121,7 +135,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     Parameters
     ----------
     model : Module
-    X, y : ndarray
+    X, y : array_like
         Training inputs and targets (labels for CrossEntropyLoss, 0/1 values for BCE losses).
     loss : loss object (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss)
     optimizer : SGD or Adam over ``model.parameters()``
@@ -146,10 +160,18 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         start from rank 0's; losses and accuracies are those of the whole batch; only rank 0
         prints progress.
     """
+    X, y = _samples(X, "fit"), _samples(y, "fit", "y")
     if len(X) != len(y):
         raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
-    if batch_size < 2:
-        raise ValueError(f"fit: batch_size must be at least 2, got {batch_size}")
+    batch_size = _checks.positive_int(batch_size, "fit", "batch_size", at_least=2)  # BatchNorm needs 2
+    epochs = _checks.positive_int(epochs, "fit", "epochs", at_least=0)
+    if validation is not None:  # checked now rather than after the first epoch's training
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+            raise ValueError("fit: validation must be a pair (X_val, y_val)")
+        validation = _samples(validation[0], "fit", "X_val"), _samples(validation[1], "fit", "y_val")
+        if len(validation[0]) != len(validation[1]):
+            raise ValueError(f"fit: X_val has {len(validation[0])} samples but y_val has "
+                             f"{len(validation[1])}")
     history = History(loss=[], accuracy=[], epoch_time=[])
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])

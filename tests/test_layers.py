@@ -1,5 +1,7 @@
 """The layer API: modes, state, parameters, gradients of each layer."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -152,6 +154,11 @@ def test_sequential_state_dict_keys_and_modes():
     assert all(layer.training for layer in model)
     with pytest.raises(TypeError, match="not a layer"):
         nk.Sequential(nk.ReLU(), "relu")
+    grown = nk.Sequential(nk.Linear(3, 2)).append(nk.BatchNorm(2))
+    assert len(grown) == 2 and "1.running_mean" in grown.state_dict()
+    with pytest.raises(TypeError, match="item 2 is a str, not a layer"):
+        grown.append("relu")
+    assert len(grown) == 2
 
 
 def test_zero_grad_and_accumulation(rng):
@@ -179,3 +186,32 @@ def test_layers_reject_bad_input_naming_themselves(make, bad, exc, what):
     name = type(layer).__name__
     with pytest.raises(exc, match=f"{name}.*{what}"):
         layer(bad)
+
+
+@pytest.mark.parametrize("make,x_shape,y_shape", [
+    (lambda: nk.Linear(3, 2), (4, 3), (4, 2)), (nk.ReLU, (4, 3), (4, 3)), (nk.Sigmoid, (4, 3), (4, 3)),
+    (nk.Tanh, (4, 3), (4, 3)), (lambda: nk.Dropout(0.2), (4, 3), (4, 3)),
+    (lambda: nk.Dropout(0.2).eval(), (4, 3), (4, 3)), (lambda: nk.BatchNorm(3), (4, 3), (4, 3)),
+    (lambda: nk.LayerNorm(3), (4, 3), (4, 3)),
+])
+def test_backward_checks_the_upstream_gradient(rng, make, x_shape, y_shape):
+    """A dy that NumPy would broadcast against the output ((1, C) for (N, C)), or of another
+    shape or dtype, raises an error naming the layer; the right one still works."""
+    layer = make()
+    name = type(layer).__name__
+    layer(rng.standard_normal(x_shape).astype(np.float32))
+    for bad in (np.ones((1,) + y_shape[1:], np.float32), np.ones(y_shape[1:], np.float32),
+                np.ones(y_shape + (1,), np.float32)):
+        with pytest.raises(ValueError, match=f"{name}.*dy has shape {re.escape(str(bad.shape))}"):
+            layer.backward(bad)
+    with pytest.raises(TypeError, match=f"{name}.*dy.*int64"):
+        layer.backward(np.ones(y_shape, np.int64))
+    assert layer.backward(rng.standard_normal(y_shape).astype(np.float32)).shape == x_shape
+
+
+@pytest.mark.parametrize("make", [lambda: nk.Linear(3, 2), nk.ReLU, nk.Sigmoid, nk.Tanh,
+                                  lambda: nk.Dropout(0.2), lambda: nk.BatchNorm(3), lambda: nk.LayerNorm(3)])
+def test_backward_before_forward_raises(make):
+    layer = make()
+    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward called before forward"):
+        layer.backward(np.ones((4, 3), np.float32))

@@ -96,6 +96,11 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path):
     (lambda s: s.pop("1.running_var"), r"missing keys \['1.running_var'\]"),
     (lambda s: s.update({"99.weight": np.ones(3)}), r"unexpected keys \['99.weight'\]"),
     (lambda s: s.update({"0.weight": np.ones((3, 3))}), r"0.weight: expected shape \(256, 10\), got \(3, 3\)"),
+    # entries late in the load order, so that a check made while loading would be too late
+    (lambda s: s.update({"12.bias": np.array(["a"])}), r"12.bias: expected real numbers, got dtype <U1"),
+    (lambda s: s.update({"12.bias": s["12.bias"] + 1j}), r"12.bias: expected real numbers, got dtype complex"),
+    (lambda s: s.update({"9.running_var": s["9.running_var"].astype(object)}), r"dtype object"),
+    (lambda s: s.update({"9.num_batches_tracked": 2.5}), r"9.num_batches_tracked: expected whole numbers, got 2.5"),
 ])
 def test_bad_state_dicts_raise_and_change_nothing(rng, edit, match):
     model = nk.seed_model(10, norm="batch", rng=rng)

@@ -100,6 +100,54 @@ def test_loss_errors():
         nk.MSELoss()(np.zeros((2, 3)), np.zeros(5))
     with pytest.raises(RuntimeError, match="before the loss"):
         nk.MSELoss().backward()
+    with pytest.raises(ValueError, match=r"BCELoss: pred must be probabilities in \[0, 1\].*-0.25"):
+        nk.BCELoss()(np.array([[0.5], [-0.25]]), np.ones((2, 1)))
+    with pytest.raises(ValueError, match=r"BCELoss: pred must be probabilities.*1.5"):
+        nk.BCELoss()(np.array([[1.5], [1.0]]), np.ones((2, 1)))
+    # a diverged model's NaN output gives a NaN loss (to be seen in the history), not an error
+    assert np.isnan(nk.BCELoss()(np.array([[np.nan], [0.5]]), np.ones((2, 1))))
+
+
+def _small_problem(n=40):
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((n, 4)), (rng.random((n, 1)) > 0.5).astype(float)
+    model = nk.Sequential(nk.Linear(4, 3, rng=rng), nk.BatchNorm(3), nk.Linear(3, 1, rng=rng), nk.Sigmoid())
+    return model, X, y
+
+
+def test_fit_takes_nested_lists_as_arrays():
+    model, X, y = _small_problem()
+    h_arrays = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+                      epochs=2, batch_size=8, validation=(X, y), progress=False)
+    model, _, _ = _small_problem()
+    h_lists = nk.fit(model, X.tolist(), y.tolist(), loss=nk.BCELoss(), progress=False,
+                     optimizer=nk.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=8,
+                     validation=(X.tolist(), y.tolist()))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert h_lists[key] == h_arrays[key]
+    assert nk.predict(model, X.tolist()).shape == (40, 1)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(epochs=-1), "fit: epochs must be an int >= 0, got -1"),
+    (dict(epochs=1.5), "fit: epochs must be an int >= 0, got 1.5"),
+    (dict(batch_size=1), "fit: batch_size must be an int >= 2, got 1"),
+    (dict(batch_size=None), "fit: batch_size must be an int >= 2, got None"),
+    (dict(validation=np.zeros((3, 4))), r"fit: validation must be a pair \(X_val, y_val\)"),
+    (dict(validation=(np.zeros((3, 4)), np.zeros((2, 1)))), "fit: X_val has 3 samples but y_val has 2"),
+    (dict(X=np.zeros((0, 4)), y=np.zeros((0, 1))), r"fit: X must hold samples along its first axis, got shape \(0, 4\)"),
+    (dict(y=np.float64(1.0)), r"fit: y must hold samples along its first axis, got shape \(\)"),
+])
+def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
+    model, X, y = _small_problem()
+    before = model.state_dict()
+    args = dict(X=X, y=y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1), epochs=2,
+                batch_size=8, progress=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        nk.fit(model, args.pop("X"), args.pop("y"), **args)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
 
 
 @pytest.mark.parametrize("opt_name,kwargs", [

@@ -52,6 +52,7 @@ class Linear(Module):
 
     def backward(self, dy):
         x = self._need_forward(self._x)
+        dy = self._upstream(dy, x.shape[:-1] + (self.out_features,))
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         self.weight.grad += dy2.T @ x2
@@ -72,7 +73,8 @@ class ReLU(Module):
         return x * self._mask
 
     def backward(self, dy):
-        return dy * self._need_forward(getattr(self, "_mask", None))
+        mask = self._need_forward(getattr(self, "_mask", None))
+        return self._upstream(dy, mask.shape) * mask
 
 
 class Sigmoid(Module):
@@ -84,7 +86,7 @@ class Sigmoid(Module):
 
     def backward(self, dy):
         y = self._need_forward(getattr(self, "_y", None))
-        return dy * y * (1 - y)
+        return self._upstream(dy, y.shape) * y * (1 - y)
 
 
 class Tanh(Module):
@@ -96,7 +98,7 @@ class Tanh(Module):
 
     def backward(self, dy):
         y = self._need_forward(getattr(self, "_y", None))
-        return dy * (1 - y * y)
+        return self._upstream(dy, y.shape) * (1 - y * y)
 
 
 class Dropout(Module):
@@ -116,10 +118,11 @@ class Dropout(Module):
         super().__init__()
         self.p = _checks.real_in(p, 0.0, 1.0, "Dropout", "p")
         self.rng = rng
-        self._scale = None
+        self._scale = self._shape = None
 
     def forward(self, x):
         x = _checks.float_array(x, "Dropout")
+        self._shape = x.shape
         if not self.training or self.p == 0.0:
             self._scale = None
             return x
@@ -130,10 +133,17 @@ class Dropout(Module):
         return x * self._scale
 
     def backward(self, dy):
+        dy = self._upstream(dy, self._need_forward(self._shape))
         return dy if self._scale is None else dy * self._scale
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+def _check_layer(layer, index):
+    if not isinstance(layer, Module):
+        raise TypeError(f"Sequential: item {index} is a {type(layer).__name__}, not a layer")
+    return layer
 
 
 class Sequential(Module):
@@ -143,9 +153,13 @@ class Sequential(Module):
     def __init__(self, *layers):
         super().__init__()
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a layer")
+            _check_layer(layer, i)
         self.layers = list(layers)
+
+    def append(self, layer):
+        """Add ``layer`` at the end (it takes the next index in state-dict keys); returns self."""
+        self.layers.append(_check_layer(layer, len(self.layers)))
+        return self
 
     def children(self):
         """The layers, named by their index."""

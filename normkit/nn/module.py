@@ -2,6 +2,20 @@
 
 import numpy as np
 
+from .. import _checks
+
+
+def _unusable(value, current):
+    """Why ``value`` cannot be loaded where ``current`` is (None if it can): checked before
+    anything is loaded, so that a bad entry changes nothing (assigning it would fail half way,
+    or quietly cast a complex, object or fractional value)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+        return f"expected real numbers, got dtype {value.dtype}"
+    if current.dtype.kind in "iu" and not np.array_equal(value, np.round(value)):
+        return f"expected whole numbers, got {value}"
+    return None
+
 
 class Parameter:
     """A trainable array and its gradient (same shape and dtype, starting at zero)."""
@@ -77,6 +91,16 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return cache
 
+    def _upstream(self, dy, output_shape):
+        """``dy`` as a float array of the last output's shape, else an error naming the layer
+        (NumPy would broadcast a (1, C) ``dy`` against a (N, C) output without a word)."""
+        op = f"{type(self).__name__}.backward"
+        dy = _checks.float_array(dy, op, "dy")
+        if dy.shape != tuple(output_shape):
+            raise ValueError(f"{op}: dy has shape {dy.shape} but the last output had shape "
+                             f"{tuple(output_shape)}")
+        return dy
+
     # -- structure -----------------------------------------------------------------------------
     def children(self):
         """Direct sub-layers, as (name, module) pairs."""
@@ -144,9 +168,11 @@ class Module:
         expected = self.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
-                       for k in set(expected) & set(state) if np.shape(state[k]) != expected[k].shape)
-        if missing or unexpected or wrong:
+        common = sorted(set(expected) & set(state))
+        wrong = [f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
+                 for k in common if np.shape(state[k]) != expected[k].shape]
+        unusable = [f"{k}: {why}" for k in common if (why := _unusable(state[k], expected[k]))]
+        if missing or unexpected or wrong or unusable:
             parts = []
             if missing:
                 parts.append(f"missing keys {missing}")
@@ -154,6 +180,8 @@ class Module:
                 parts.append(f"unexpected keys {unexpected}")
             if wrong:
                 parts.append("wrong shapes: " + "; ".join(wrong))
+            if unusable:
+                parts.append("wrong values: " + "; ".join(unusable))
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + ", ".join(parts))
         for name, module, attr in self._state_targets():
             module._set_state(attr, state[name])

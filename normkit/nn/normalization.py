@@ -13,6 +13,15 @@ def _host_input_check(x, layer_name):
         _checks.float_array(x, layer_name)
 
 
+def _backward_input(layer, dy):
+    """(dy, saved) for ``layer.backward``: errors name the layer (device arrays are checked by
+    the CUDA path)."""
+    saved = layer._need_forward(layer._saved)
+    if not is_device_array(dy):
+        dy = layer._upstream(dy, saved.x_shape)
+    return dy, saved
+
+
 def _accumulate(layer, dx, dweight, dbias):
     """Add a normalisation's parameter gradients into .grad; return dx."""
     if dweight is not None:
@@ -121,7 +130,7 @@ class BatchNorm(Module):
         return y
 
     def backward(self, dy):
-        return _accumulate(self, *F.batch_norm_backward(dy, self._need_forward(self._saved)))
+        return _accumulate(self, *F.batch_norm_backward(*_backward_input(self, dy)))
 
     def extra_repr(self):
         return (f"{self.num_features}, axis={self.axis}, eps={self.eps}, momentum={self.momentum}, "
@@ -163,7 +172,7 @@ class LayerNorm(Module):
         return y
 
     def backward(self, dy):
-        return _accumulate(self, *F.layer_norm_backward(dy, self._need_forward(self._saved)))
+        return _accumulate(self, *F.layer_norm_backward(*_backward_input(self, dy)))
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
