@@ -54,6 +54,30 @@ def _cmd_experiment(args):
     return 0
 
 
+def _int_at_least(low):
+    """An argparse ``type``: an int >= ``low``, so that a bad value is a usage error, not a
+    traceback from deep inside the command."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def build_parser():
     """The ``normkit`` command line: ``info``, ``demo``, ``bench`` and ``experiment``."""
     parser = argparse.ArgumentParser(prog="normkit", description=__doc__.splitlines()[0])
@@ -62,17 +86,17 @@ def build_parser():
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("demo", help="train the seed model with BatchNorm, LayerNorm and none on real data")
     p.add_argument("--dataset", choices=["breast_cancer", "digits", "both"], default="both")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=_int_at_least(1), default=20)
+    p.add_argument("--batch-size", type=_int_at_least(2), default=32)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="print one line per epoch")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI: run as mpiexec -n 2 normkit demo --distributed")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bench", help="time normkit vs NumPy vs PyTorch; GB/s vs a parallel copy")
-    p.add_argument("--threads", type=int, default=2, help="threads for every implementation")
-    p.add_argument("--repeats", type=int, default=10,
+    p.add_argument("--threads", type=_int_at_least(1), default=2, help="threads for every implementation")
+    p.add_argument("--repeats", type=_int_at_least(1), default=10,
                    help="timed rounds per case and pass (calls under ~10 ms get more, up to 10x)")
     p.add_argument("--quick", action="store_true", help="small cases, no start-up measurement")
     p.add_argument("--no-torch", action="store_true")

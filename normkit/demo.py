@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from . import datasets, random
+from . import _checks, datasets, random
 from .losses import BCELoss, CrossEntropyLoss
 from .models import seed_model
 from .optim import Adam
@@ -41,6 +41,7 @@ def run(names=("breast_cancer", "digits"), norms=("batch", "layer", "none"), *, 
         ``best_val_accuracy``, ``target``, ``epochs_to_target`` (None if not reached),
         ``ms_per_epoch`` (median) and ``total_s``.
     """
+    epochs = _checks.positive_int(epochs, "demo.run", "epochs")  # the table reads the last epoch
     rows = []
     for name in names:
         X_tr, y_tr, X_val, y_val = datasets.load(name, seed=seed)

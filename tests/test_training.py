@@ -210,6 +210,19 @@ def test_demo_command_prints_the_table(capsys):
         assert word in out
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["demo", "--batch-size", "1"], "argument --batch-size: must be at least 2, got 1"),
+    (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+    (["demo", "--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
+    (["bench", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+])
+def test_bad_command_line_values_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_demo_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "normkit", "demo", "--dataset", "digits", "--epochs", "1"],
                           capture_output=True, text=True, timeout=300)
