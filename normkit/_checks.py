@@ -155,6 +155,10 @@ class BatchNormArgs:
         self.running_var = running(running_var, self.channels, op, "running_var")
         if (self.running_mean is None) != (self.running_var is None):
             raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+        if (isinstance(self.running_mean, np.ndarray) and isinstance(self.running_var, np.ndarray)
+                and np.may_share_memory(self.running_mean, self.running_var)):
+            # each update would overwrite the other statistic
+            raise ValueError(f"{op}: running_mean and running_var share memory; give two arrays")
         if not training and self.running_mean is None:
             raise ValueError(f"{op}: training=False normalises with the running statistics, "
                              "so running_mean and running_var are required")

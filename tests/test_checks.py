@@ -57,6 +57,12 @@ def test_batch_norm_running_stat_problems(backend):
         F.batch_norm(x, None, None, training=False, backend=backend)
     with pytest.raises(TypeError, match="running_mean must be float32 or float64"):
         F.batch_norm(x, np.zeros(4, int), np.ones(4), training=True, backend=backend)
+    stats = np.array([0.0, 0, 0, 0, 1, 1, 1, 1])
+    for rm, rv in ((stats[:4], stats[:4]), (stats[:4], stats[2:6])):
+        with pytest.raises(ValueError, match="running_mean and running_var share memory"):
+            F.batch_norm(x, rm, rv, training=True, backend=backend)
+        assert stats.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    F.batch_norm(x, stats[:4], stats[4:], training=True, backend=backend)  # halves of one array
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

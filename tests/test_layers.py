@@ -188,6 +188,15 @@ def test_layers_reject_bad_input_naming_themselves(make, bad, exc, what):
         layer(bad)
 
 
+@pytest.mark.parametrize("make", [lambda: nk.BatchNorm(3), lambda: nk.LayerNorm(3),
+                                  lambda: nk.LayerNorm((2, 3)), lambda: nk.Linear(3, 2)])
+def test_layers_name_themselves_on_a_shape_mismatch(make):
+    layer = make()
+    for shape in ((4, 5), (4, 5, 2)):
+        with pytest.raises(ValueError, match=rf"^{type(layer).__name__}: expected .*got shape {re.escape(str(shape))}"):
+            layer(np.ones(shape, np.float32))
+
+
 @pytest.mark.parametrize("make,x_shape,y_shape", [
     (lambda: nk.Linear(3, 2), (4, 3), (4, 2)), (nk.ReLU, (4, 3), (4, 3)), (nk.Sigmoid, (4, 3), (4, 3)),
     (nk.Tanh, (4, 3), (4, 3)), (lambda: nk.Dropout(0.2), (4, 3), (4, 3)),

@@ -166,6 +166,10 @@ class LayerNorm(Module):
 
     def forward(self, x):
         _host_input_check(x, "LayerNorm")
+        shape, k = tuple(np.shape(x)), len(self.normalized_shape)
+        if shape[len(shape) - k:] != self.normalized_shape:
+            raise ValueError(f"LayerNorm: expected input whose last {k} dimension(s) are "
+                             f"{self.normalized_shape}, got shape {shape}")
         y, self._saved = F.layer_norm(
             x, self.normalized_shape, None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data, eps=self.eps, backend=self.backend)
