@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _checks
 from .kernels.cpu.optim import adam_update, sgd_update
+from .nn.module import Parameter
 
 
 class Optimizer:
@@ -25,6 +26,13 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{name}: got no parameters to optimise")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{name}: params[{i}] is a {type(p).__name__}, not a Parameter "
+                                f"(pass model.parameters())")
+        if len({id(p) for p in self.params}) < len(self.params):
+            # PyTorch warns; here it would silently take two steps per step for those
+            raise ValueError(f"{name}: a parameter is listed more than once")
         if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):
             raise ValueError(f"{name}: lr must be a finite number > 0, got {lr!r}")
         self.lr = float(lr)

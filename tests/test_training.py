@@ -187,6 +187,15 @@ def test_optimiser_hyper_parameters_are_checked(opt_name, kwargs, message):
         getattr(nk, opt_name)([], **kwargs)
 
 
+@pytest.mark.parametrize("opt_name", ["SGD", "Adam"])
+def test_optimisers_take_each_parameter_once(opt_name):
+    layer = nk.Linear(3, 2)
+    with pytest.raises(ValueError, match=f"{opt_name}: a parameter is listed more than once"):
+        getattr(nk, opt_name)(layer.parameters() + [layer.weight], lr=0.1)
+    with pytest.raises(TypeError, match=rf"{opt_name}: params\[1\] is a ndarray, not a Parameter"):
+        getattr(nk, opt_name)([layer.weight, layer.bias.data], lr=0.1)
+
+
 def test_datasets_are_standardised_splits():
     X, y, Xv, yv = datasets.load_breast_cancer()
     assert X.shape[1] == 30 and len(X) + len(Xv) == 569 and y.shape == (len(X), 1)
