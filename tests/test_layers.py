@@ -216,6 +216,12 @@ def test_backward_checks_the_upstream_gradient(rng, make, x_shape, y_shape):
     with pytest.raises(TypeError, match=f"{name}.*dy.*int64"):
         layer.backward(np.ones(y_shape, np.int64))
     assert layer.backward(rng.standard_normal(y_shape).astype(np.float32)).shape == x_shape
+    # dx has the input's dtype whatever dy's, as in PyTorch
+    for x_dtype, dy_dtype in ((np.float32, np.float64), (np.float64, np.float32)):
+        layer(rng.standard_normal(x_shape).astype(x_dtype))
+        assert layer.backward(rng.standard_normal(y_shape).astype(dy_dtype)).dtype == x_dtype
+    layer(rng.standard_normal(x_shape).astype(np.float32))
+    assert layer.backward(rng.standard_normal(y_shape).tolist()).dtype == np.float32  # array-like dy
 
 
 @pytest.mark.parametrize("make", [lambda: nk.Linear(3, 2), nk.ReLU, nk.Sigmoid, nk.Tanh,

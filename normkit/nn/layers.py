@@ -52,7 +52,7 @@ class Linear(Module):
 
     def backward(self, dy):
         x = self._need_forward(self._x)
-        dy = self._upstream(dy, x.shape[:-1] + (self.out_features,))
+        dy = self._upstream(dy, x.shape[:-1] + (self.out_features,), x.dtype)
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         self.weight.grad += dy2.T @ x2
@@ -70,11 +70,12 @@ class ReLU(Module):
     def forward(self, x):
         x = _checks.float_array(x, "ReLU")
         self._mask = x > 0
+        self._dtype = x.dtype
         return x * self._mask
 
     def backward(self, dy):
         mask = self._need_forward(getattr(self, "_mask", None))
-        return self._upstream(dy, mask.shape) * mask
+        return self._upstream(dy, mask.shape, self._dtype) * mask
 
 
 class Sigmoid(Module):
@@ -86,7 +87,7 @@ class Sigmoid(Module):
 
     def backward(self, dy):
         y = self._need_forward(getattr(self, "_y", None))
-        return self._upstream(dy, y.shape) * y * (1 - y)
+        return self._upstream(dy, y.shape, y.dtype) * y * (1 - y)
 
 
 class Tanh(Module):
@@ -98,7 +99,7 @@ class Tanh(Module):
 
     def backward(self, dy):
         y = self._need_forward(getattr(self, "_y", None))
-        return self._upstream(dy, y.shape) * (1 - y * y)
+        return self._upstream(dy, y.shape, y.dtype) * (1 - y * y)
 
 
 class Dropout(Module):
@@ -118,11 +119,11 @@ class Dropout(Module):
         super().__init__()
         self.p = _checks.real_in(p, 0.0, 1.0, "Dropout", "p")
         self.rng = rng
-        self._scale = self._shape = None
+        self._scale = self._input = None  # (shape, dtype) of the last input
 
     def forward(self, x):
         x = _checks.float_array(x, "Dropout")
-        self._shape = x.shape
+        self._input = x.shape, x.dtype
         if not self.training or self.p == 0.0:
             self._scale = None
             return x
@@ -133,7 +134,7 @@ class Dropout(Module):
         return x * self._scale
 
     def backward(self, dy):
-        dy = self._upstream(dy, self._need_forward(self._shape))
+        dy = self._upstream(dy, *self._need_forward(self._input))
         return dy if self._scale is None else dy * self._scale
 
     def extra_repr(self):

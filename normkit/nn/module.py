@@ -91,15 +91,16 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return cache
 
-    def _upstream(self, dy, output_shape):
-        """``dy`` as a float array of the last output's shape, else an error naming the layer
-        (NumPy would broadcast a (1, C) ``dy`` against a (N, C) output without a word)."""
+    def _upstream(self, dy, output_shape, dtype):
+        """``dy`` as an array of the last output's shape and of ``dtype`` (the input's, which
+        dx then has too), else an error naming the layer (NumPy would broadcast a (1, C)
+        ``dy`` against a (N, C) output without a word)."""
         op = f"{type(self).__name__}.backward"
         dy = _checks.float_array(dy, op, "dy")
         if dy.shape != tuple(output_shape):
             raise ValueError(f"{op}: dy has shape {dy.shape} but the last output had shape "
                              f"{tuple(output_shape)}")
-        return dy
+        return dy.astype(dtype, copy=False)
 
     # -- structure -----------------------------------------------------------------------------
     def children(self):

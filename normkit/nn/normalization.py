@@ -18,7 +18,7 @@ def _backward_input(layer, dy):
     the CUDA path)."""
     saved = layer._need_forward(layer._saved)
     if not is_device_array(dy):
-        dy = layer._upstream(dy, saved.x_shape)
+        dy = layer._upstream(dy, saved.x_shape, saved.x.dtype)
     return dy, saved
 
 
