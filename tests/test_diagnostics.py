@@ -39,6 +39,65 @@ def test_recorder_as_a_fit_callback(rng):
     assert list(epochs) == [1, 2, 3] and means.shape == (3,)
 
 
+def _trained_a_little(rng, axis=1):
+    """A model whose running statistics have moved (three training-mode batches) but are not
+    the population statistics of anything."""
+    model = nk.Sequential(nk.Linear(6, 5, rng=rng, dtype=np.float64), nk.BatchNorm(5, dtype=np.float64),
+                          nk.ReLU(), nk.Dropout(0.5, rng=rng), nk.Linear(5, 4, rng=rng, dtype=np.float64),
+                          nk.BatchNorm(4, dtype=np.float64), nk.Linear(4, 2, rng=rng, dtype=np.float64))
+    for _ in range(3):
+        model(rng.standard_normal((8, 6)) * 2 + 1)
+    return model
+
+
+def _bn_inputs_directly(model, X):
+    model.eval()
+    inputs, h = [], X
+    for layer in model:
+        if isinstance(layer, nk.BatchNorm):
+            inputs.append((layer, h))
+        h = layer(h)
+    model.train()
+    return inputs
+
+
+def test_running_stats_gap_matches_a_direct_computation(rng):
+    model = _trained_a_little(rng)
+    X = rng.standard_normal((50, 6))
+    gaps = diagnostics.running_stats_gap(model, X)
+    assert model.training  # the mode is restored
+    direct = _bn_inputs_directly(model, X)
+    assert len(gaps) == len(direct) == 2
+    for (mean_gap, var_ratio), (bn, h) in zip(gaps, direct):
+        mean, var = h.mean(axis=0), h.var(axis=0, ddof=1)
+        assert mean_gap == pytest.approx(np.mean(np.abs(bn.running_mean - mean) / np.sqrt(var)), rel=1e-12)
+        assert var_ratio == pytest.approx(np.prod(bn.running_var / var) ** (1 / len(var)), rel=1e-12)
+        assert mean_gap > 0.01 and abs(np.log(var_ratio)) > 0.01  # far from the population: a real test
+
+
+def test_set_population_stats_gives_each_layer_its_input_statistics(rng):
+    model = _trained_a_little(rng)
+    X = rng.standard_normal((50, 6))
+    weights = {k: v.copy() for k, v in model.state_dict().items() if "running" not in k}
+    assert diagnostics.set_population_stats(model, X) is model and model.training
+    # the second BN's input is computed with the first BN's new statistics
+    for bn, h in _bn_inputs_directly(model, X):
+        np.testing.assert_allclose(bn.running_mean, h.mean(axis=0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bn.running_var, h.var(axis=0, ddof=1), rtol=1e-12)
+    for mean_gap, var_ratio in diagnostics.running_stats_gap(model, X):
+        assert mean_gap < 1e-12 and var_ratio == pytest.approx(1, abs=1e-12)
+    for k, v in weights.items():  # nothing but the running statistics changed
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+
+
+def test_population_stats_of_a_channels_last_batchnorm(rng):
+    model = nk.Sequential(nk.BatchNorm(3, axis=-1, dtype=np.float64))
+    X = rng.standard_normal((4, 5, 3)) * [1, 2, 3] + [0, 10, -10]
+    diagnostics.set_population_stats(model, X)
+    np.testing.assert_allclose(model[0].running_mean, X.reshape(-1, 3).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(model[0].running_var, X.reshape(-1, 3).var(axis=0, ddof=1), rtol=1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(diagnostics.EXPERIMENTS))
 def test_experiments_quick_table_and_figure(name, tmp_path):
     result = diagnostics.run(name, quick=True, seed=1)
@@ -66,3 +125,26 @@ def test_experiment_command(capsys, tmp_path):
     assert (tmp_path / "batch-size.png").exists()
     with pytest.raises(SystemExit):
         cli.main(["experiment", "nope"])
+
+
+def test_accuracy_with_batch_stats_normalises_each_batch_by_itself(rng):
+    from normkit.diagnostics.experiments import _accuracy_with_batch_stats
+    model = _trained_a_little(rng)
+    before = model.state_dict()
+    X, y = rng.standard_normal((21, 6)), rng.integers(0, 2, 21)
+    got = _accuracy_with_batch_stats(model, X, y, 4)
+    for k, v in model.state_dict().items():  # it works on a copy
+        np.testing.assert_array_equal(v, before[k])
+    # by hand: dropout off, each BatchNorm with the statistics of its batch of 4 (the last
+    # sample folded into the batch before it)
+    pred = []
+    for a, b in ((0, 4), (4, 8), (8, 12), (12, 16), (16, 21)):
+        h = X[a:b]
+        for layer in model:
+            if isinstance(layer, nk.BatchNorm):
+                h = nk.functional.batch_norm(h, None, None, layer.weight.data, layer.bias.data,
+                                             training=True, eps=layer.eps)[0]
+            elif not isinstance(layer, nk.Dropout):
+                h = layer(h)
+        pred.append(h)
+    assert got == np.mean(np.argmax(np.concatenate(pred), axis=1) == y)

@@ -3,6 +3,8 @@
 
 from .experiments import EXPERIMENTS, Result, run
 from .plots import plot
+from .population import running_stats_gap, set_population_stats
 from .recorder import ActivationRecorder
 
-__all__ = ["ActivationRecorder", "EXPERIMENTS", "Result", "run", "plot"]
+__all__ = ["ActivationRecorder", "EXPERIMENTS", "Result", "run", "plot", "running_stats_gap",
+           "set_population_stats"]

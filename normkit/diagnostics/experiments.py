@@ -5,6 +5,7 @@ its figure); :func:`plot` draws the figure with matplotlib (the ``plot`` extra).
 what was measured; where a claim does not hold on this data, the numbers show it.
 """
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from ..losses import CrossEntropyLoss
 from ..models import seed_model
 from ..nn import BatchNorm, Linear, ReLU
 from ..optim import SGD, Adam
-from ..training import fit
+from ..training import fit, predict
+from .population import running_stats_gap, set_population_stats
 from .recorder import ActivationRecorder
 
 NORM_LABEL = {"none": "no norm", "batch": "BatchNorm", "layer": "LayerNorm"}
@@ -69,9 +71,9 @@ def _digits(quick, seed, n_quick=400):
     return X, y, Xv, yv
 
 
-def _model(norm, n_in, n_out, seed, init_scale=1.0):
+def _model(norm, n_in, n_out, seed, init_scale=1.0, dropout=0.3):
     with random.seeded(seed):
-        model = seed_model(n_in, n_out, norm=norm)
+        model = seed_model(n_in, n_out, norm=norm, dropout=dropout)
     for layer in model:
         if isinstance(layer, Linear):
             layer.weight.data *= init_scale
@@ -212,8 +214,56 @@ def run_init(quick=False, seed=0):
                   rows, {"curves": curves})
 
 
+def _accuracy_with_batch_stats(model, Xv, yv, batch_size):
+    """Validation accuracy with BatchNorm normalising each batch of ``batch_size`` by its own
+    statistics (training-mode BatchNorm, dropout off), on a copy of ``model``."""
+    model = copy.deepcopy(model).eval()
+    for layer in model:
+        if isinstance(layer, BatchNorm):
+            layer.train()
+    starts = list(range(0, len(Xv), batch_size))
+    if len(Xv) - starts[-1] < 2:  # BatchNorm needs 2 values per channel: fold a last single one
+        starts.pop()
+    bounds = starts[1:] + [len(Xv)]
+    pred = np.concatenate([model(Xv[a:b]) for a, b in zip(starts, bounds)])
+    return float(np.mean(np.argmax(pred, axis=1) == yv))
+
+
+def run_train_eval(quick=False, seed=0):
+    """Training-mode (batch) against inference-mode (running) statistics, by batch size, and
+    without dropout at one batch size (dropout is on in training and off at inference, so the
+    BatchNorm layers after it see a wider input in training)."""
+    X, y, Xv, yv = _digits(quick, seed)
+    runs = [(8, 0.3), (64, 0.3)] if quick else [(4, 0.3), (16, 0.3), (64, 0.3), (256, 0.3), (64, 0.0)]
+    epochs = 2 if quick else 10
+    rows, gaps, acc = [], {}, {"running": [], "batch": [], "population": []}
+    for b, dropout in runs:
+        model = _model("batch", X.shape[1], 10, seed, dropout=dropout)
+        per_epoch = [running_stats_gap(model, X)]
+        hist = _train(model, X, y, Xv, yv, epochs=epochs, batch_size=b, seed=seed,
+                      optimizer=Adam(model.parameters(), lr=1e-3),
+                      callbacks=[lambda epoch, m, h: per_epoch.append(running_stats_gap(m, X))])
+        gaps[(b, dropout)] = np.array(per_epoch)  # (epochs + 1, BN layers, 2)
+        final = gaps[(b, dropout)][-1]
+        acc["running"].append(hist["val_accuracy"][-1])  # eval mode: the running statistics
+        acc["batch"].append(_accuracy_with_batch_stats(model, Xv, yv, b))
+        precise = copy.deepcopy(model)
+        set_population_stats(precise, X)
+        acc["population"].append(float(np.mean(np.argmax(predict(precise, Xv), axis=1) == yv)))
+        rows.append([b, dropout, float(final[:, 0].mean())] + [float(v) for v in final[:, 1]]
+                    + [acc[k][-1] for k in acc])
+    n_bn = len(gaps[runs[0]][0])
+    return Result("train-eval", "Running statistics (inference) against the population statistics "
+                  "of each BN layer's input, and validation accuracy normalising with each "
+                  f"(digits, Adam lr 1e-3, {epochs} epochs)",
+                  ["B", "dropout", "|run-pop mean|/std"]
+                  + [f"run/pop var BN{i + 1}" for i in range(n_bn)]
+                  + ["acc: running", "acc: batch", "acc: population"],
+                  rows, {"runs": runs, "gaps": gaps, "acc": acc})
+
+
 EXPERIMENTS = {"shift": run_shift, "batch-size": run_batch_size, "small-batch": run_small_batch,
-               "learning-rate": run_learning_rate, "init": run_init}
+               "learning-rate": run_learning_rate, "init": run_init, "train-eval": run_train_eval}
 
 
 def run(name, quick=False, seed=0):
@@ -221,7 +271,7 @@ def run(name, quick=False, seed=0):
 
     Parameters
     ----------
-    name : {"shift", "batch-size", "small-batch", "learning-rate", "init"}
+    name : {"shift", "batch-size", "small-batch", "learning-rate", "init", "train-eval"}
     quick : bool
         A subset of the data and fewer epochs (seconds instead of a minute; what the tests run).
     seed : int

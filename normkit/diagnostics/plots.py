@@ -98,5 +98,31 @@ def _init(plt, r):
     return fig
 
 
+def _train_eval(plt, r):
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4))
+    labels = [f"B={b}" + ("" if dropout else ", no dropout") for b, dropout in r.data["runs"]]
+    for label, run in zip(labels, r.data["runs"]):
+        gaps = r.data["gaps"][run]  # (epochs + 1, BN layers, 2)
+        style = "-" if run[1] else "--"
+        left.plot(range(len(gaps)), gaps[:, :, 0].mean(axis=1), marker="o", ms=3, ls=style, label=label)
+        middle.plot(range(1, gaps.shape[1] + 1), gaps[-1, :, 1], marker="o", ls=style, label=label)
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("|running - population mean| / std")
+    left.legend(fontsize=8)
+    middle.axhline(1.0, color="grey", lw=0.8)
+    middle.set_xticks(range(1, gaps.shape[1] + 1))
+    middle.set_xlabel("BatchNorm layer")
+    middle.set_ylabel("running / population variance, last epoch")
+    width = 0.8 / len(r.data["acc"])
+    for k, (name, values) in enumerate(r.data["acc"].items()):
+        right.bar(np.arange(len(labels)) + (k - 1) * width, values, width, label=f"{name} statistics")
+    right.set_xticks(np.arange(len(labels)), labels, fontsize=8, rotation=20)
+    right.set_ylim(0.5, 1.0)
+    right.set_ylabel("validation accuracy")
+    right.legend(fontsize=8, loc="lower right")
+    return fig
+
+
 DRAW = {"shift": _shift, "batch-size": _batch_size, "small-batch": _small_batch,
-        "learning-rate": _learning_rate, "init": _init}
+        "learning-rate": _learning_rate, "init": _init, "train-eval": _train_eval}
