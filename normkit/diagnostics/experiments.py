@@ -18,7 +18,7 @@ from ..losses import CrossEntropyLoss
 from ..models import seed_model
 from ..nn import BatchNorm, Linear, ReLU
 from ..optim import SGD, Adam
-from ..training import fit, predict
+from ..training import _batches, fit, predict
 from .population import running_stats_gap, set_population_stats
 from .recorder import ActivationRecorder
 
@@ -221,11 +221,8 @@ def _accuracy_with_batch_stats(model, Xv, yv, batch_size):
     for layer in model:
         if isinstance(layer, BatchNorm):
             layer.train()
-    starts = list(range(0, len(Xv), batch_size))
-    if len(Xv) - starts[-1] < 2:  # BatchNorm needs 2 values per channel: fold a last single one
-        starts.pop()
-    bounds = starts[1:] + [len(Xv)]
-    pred = np.concatenate([model(Xv[a:b]) for a, b in zip(starts, bounds)])
+    # in order, a last batch of one folded into the one before (as fit does)
+    pred = np.concatenate([model(Xv[i]) for i in _batches(len(Xv), batch_size, np.arange(len(Xv)))])
     return float(np.mean(np.argmax(pred, axis=1) == yv))
 
 
