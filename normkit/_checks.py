@@ -57,12 +57,17 @@ def channel_axis(axis, ndim, op):
     return int(axis) % ndim
 
 
-def positive_int(value, op, name, *, at_least=1):
-    """``value`` as an int if it is an integer (not a bool) >= ``at_least``, else a ValueError."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < at_least:
-        wanted = "a positive int" if at_least == 1 else f"an int >= {at_least}"
+def int_at_least(value, low, op, name):
+    """``value`` as an int if it is an integer (not a bool) >= ``low``, else a ValueError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        wanted = "a positive int" if low == 1 else f"an int >= {low}"
         raise ValueError(f"{op}: {name} must be {wanted}, got {value!r}")
     return int(value)
+
+
+def positive_int(value, op, name):
+    """``value`` as an int if it is a positive integer (not a bool), else a ValueError."""
+    return int_at_least(value, 1, op, name)
 
 
 def real_in(value, low, high, op, name, *, high_open=False):

@@ -163,8 +163,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     X, y = _samples(X, "fit"), _samples(y, "fit", "y")
     if len(X) != len(y):
         raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
-    batch_size = _checks.positive_int(batch_size, "fit", "batch_size", at_least=2)  # BatchNorm needs 2
-    epochs = _checks.positive_int(epochs, "fit", "epochs", at_least=0)
+    batch_size = _checks.int_at_least(batch_size, 2, "fit", "batch_size")  # BatchNorm needs 2
+    epochs = _checks.int_at_least(epochs, 0, "fit", "epochs")
     if validation is not None:  # checked now rather than after the first epoch's training
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
             raise ValueError("fit: validation must be a pair (X_val, y_val)")
