@@ -147,7 +147,7 @@ class SyncBatchNorm(BatchNorm):
             error = exc
         agree(self.comm, error, op)
         layout = s["layout"]
-        dyk = layout.view(dy)
+        dyk = layout.view(dy.astype(s["xk"].dtype, copy=False))  # the kernels take one dtype
         local = np.stack(_bn_cpu.grad_sums(dyk, s["xk"], s["mean"], layout.group))   # (2, C)
         total = np.empty_like(local)
         self.comm.Allreduce(local, total)

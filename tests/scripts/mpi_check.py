@@ -53,6 +53,16 @@ def check_sync():
         plain.eval()
         sync.eval()
         np.testing.assert_allclose(sync(x[sl]), plain(x)[sl], atol=1e-10)
+    # a dy of the other float dtype: dx in x's dtype, as BatchNorm's (it failed to compile)
+    x, dy = rng.standard_normal((12, 4)), rng.standard_normal((12, 4)).astype(np.float32)
+    plain = nk.BatchNorm(4, dtype=np.float64)
+    sync = SyncBatchNorm(4, dtype=np.float64, comm=comm)
+    sl = slices(12)
+    plain(x)
+    sync(x[sl])
+    dx_all, dx = plain.backward(dy), sync.backward(dy[sl])
+    assert dx.dtype == dx_all.dtype == np.float64
+    np.testing.assert_allclose(dx, dx_all[sl], atol=1e-10)
     # conversion and back keep parameters and statistics
     model = nk.seed_model(5, norm="batch", dtype=np.float64, rng=np.random.default_rng(1))
     before = model.state_dict()
