@@ -1,5 +1,7 @@
 """Saving and loading model state as ``.npz`` files."""
 
+import os
+
 import numpy as np
 
 
@@ -21,7 +23,8 @@ def load_state(model, path):
     Parameters
     ----------
     model : Module
-    path : str or path-like
+    path : str, path-like or file object
+        As given to :func:`save`: a path without ``.npz`` finds the file ``save`` wrote.
 
     Returns
     -------
@@ -34,5 +37,8 @@ def load_state(model, path):
         For missing, unexpected or wrongly shaped entries (all of them named); the model is
         then left unchanged.
     """
+    if (isinstance(path, (str, os.PathLike)) and not os.path.exists(path)
+            and not os.fspath(path).endswith(".npz")):
+        path = os.fspath(path) + ".npz"  # what np.savez wrote
     with np.load(path, allow_pickle=False) as data:
         return model.load_state_dict({k: data[k] for k in data.files})

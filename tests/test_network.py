@@ -90,6 +90,19 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path):
     nk.load_state(clone, path)
     np.testing.assert_array_equal(clone(x), model(x))
     assert clone[1].num_batches_tracked == 3
+    # a path without ".npz": save adds it (NumPy's savez), and load_state finds that file
+    nk.save(model, tmp_path / "bare")
+    assert (tmp_path / "bare.npz").exists()
+    other = nk.seed_model(10, norm="batch", rng=np.random.default_rng(7)).eval()
+    nk.load_state(other, str(tmp_path / "bare"))
+    np.testing.assert_array_equal(other(x), model(x))
+
+
+def test_seed_model_blocks():
+    assert [type(layer).__name__ for layer in nk.seed_model(4, blocks=0)] == ["Linear", "Sigmoid"]
+    assert len(nk.seed_model(4, 3, blocks=1, norm="layer")) == 5
+    with pytest.raises(ValueError, match="seed_model: blocks must be an int >= 0, got -1"):
+        nk.seed_model(4, blocks=-1)
 
 
 @pytest.mark.parametrize("edit,match", [
