@@ -34,8 +34,8 @@ def load_state(model, path):
     Raises
     ------
     ValueError
-        For missing, unexpected or wrongly shaped entries (all of them named); the model is
-        then left unchanged.
+        For missing, unexpected, wrongly shaped or non-numeric entries (all of them named);
+        the model is then left unchanged.
     """
     if (isinstance(path, (str, os.PathLike)) and not os.path.exists(path)
             and not os.fspath(path).endswith(".npz")):
