@@ -167,6 +167,37 @@ def test_non_contiguous_and_read_only_inputs(rng, kernel_build, make_view):
     assert c == yk.shape[1]
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("strided", ["x", "dy", "both"])
+def test_strided_runs_match_reference(rng, kernel_build, bn_passes, training, strided):
+    """NCHW batches taken with a step from a larger array are read in place as strided runs, by
+    the runs kernels; contiguous ones go to the short-runs kernels (runs of 45 here). Both, for
+    the input, the gradient, or each."""
+    x_full = rng.standard_normal((10, 6, 5, 9)) * 3 + 2
+    dy_full = rng.standard_normal((10, 6, 5, 9))
+    x = x_full[::2] if strided in ("x", "both") else x_full[::2].copy()
+    dy = dy_full[::2] if strided in ("dy", "both") else dy_full[::2].copy()
+    (yk, sk, _), (yr, sr, _) = _run_both(x, rng, 1, training)
+    if strided != "dy":  # read in place
+        assert np.shares_memory(sk.x, x) and not sk.x.flags.c_contiguous
+    assert_close(yk, yr, np.float64, what="y")
+    for name, got, want in zip(("dx", "dweight", "dbias"), F.batch_norm_backward(dy, sk),
+                               R.batch_norm_backward(dy, sr)):
+        assert_close(got, want, np.float64, scale=np.sqrt(x.size / 6), what=name)
+
+
+def test_short_runs_kernels_take_contiguous_unstreamed_runs_up_to_a_task():
+    def both(shape, dtype=np.float32):
+        return np.empty(shape, dtype), np.empty(shape, dtype)
+    assert bn_cpu.short_runs(False, *both((8, 128, 49)))
+    assert bn_cpu.short_runs(False, *both((2, 3, bn_cpu.SHORT_RUN_TASK_ELEMENTS)))
+    assert not bn_cpu.short_runs(False, *both((2, 3, bn_cpu.SHORT_RUN_TASK_ELEMENTS + 1)))
+    assert not bn_cpu.short_runs(True, *both((8, 128, 49)))  # streamed: the runs kernels
+    x, out = both((16, 128, 49))
+    assert not bn_cpu.short_runs(False, x[::2], out[:8])
+    assert not bn_cpu.short_runs(False, x[:8], x[::2], out[:8])  # a strided dy
+
+
 def test_views_are_not_copied_and_memory_order_is_kept(rng):
     # An NCHW tensor stored channels-last (a transposed NHWC array) is read in place and its
     # output comes back in the same memory order.

@@ -5,7 +5,7 @@ and contiguous (NCHW images): per-segment partial sums and the elementwise passe
 import numpy as np
 from numba import prange
 
-from ._bn_rows import affine_row, grad_input_row
+from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
 from ._compile import helper, kernel, wide_vectors
 from ._streaming import end_streams
 
@@ -70,6 +70,23 @@ def runs_affine(x, centre, scale, shift, out, runs_per_task, segment, stream):
 
 
 @kernel
+def short_runs_affine(x, centre, scale, shift, out, runs_per_task):
+    """:func:`runs_affine` for C-contiguous ``x`` and ``out`` whose output is not streamed, in
+    tasks of ``runs_per_task`` whole runs read as one flat array. Without the per-run indexing of
+    three axes, the segment arithmetic and the stream test, measured 1.5-2.3x faster on runs of
+    49-196 values (small NCHW images), 1.25-1.35x on runs of 784."""
+    n_ch, n_inner = x.shape[1], x.shape[2]
+    xf, of = x.reshape(-1), out.reshape(-1)
+    n_runs = xf.shape[0] // n_inner
+    for t in prange((n_runs + runs_per_task - 1) // runs_per_task):
+        first = t * runs_per_task
+        for run in range(first, min(first + runs_per_task, n_runs)):
+            c = run % n_ch
+            i0 = run * n_inner
+            affine_values(xf[i0:i0 + n_inner], centre[c], scale[c], shift[c], of[i0:i0 + n_inner])
+
+
+@kernel
 def runs_grad_sums(dy, x, mean, segment):
     """Per run segment: sum(dy) and sum(dy * (x - mean)), each (outer * n_segments, C)."""
     n_outer, n_ch, n_inner = x.shape
@@ -103,3 +120,19 @@ def runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task, segment, 
                            out[o, c, i0:i1], stream)
         if stream:
             end_streams()
+
+
+@kernel
+def short_runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task):
+    """:func:`runs_grad_input` for C-contiguous ``dy``, ``x`` and ``out`` whose output is not
+    streamed (see :func:`short_runs_affine`)."""
+    n_ch, n_inner = x.shape[1], x.shape[2]
+    dyf, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
+    n_runs = xf.shape[0] // n_inner
+    for t in prange((n_runs + runs_per_task - 1) // runs_per_task):
+        first = t * runs_per_task
+        for run in range(first, min(first + runs_per_task, n_runs)):
+            c = run % n_ch
+            i0 = run * n_inner
+            i1 = i0 + n_inner
+            grad_input_values(dyf[i0:i1], xf[i0:i1], centre[c], k_dy[c], k_x[c], k_0[c], of[i0:i1])

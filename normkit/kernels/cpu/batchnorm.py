@@ -32,7 +32,8 @@ from ._bn_coefficients import (NONE, backward_coefficients, combine_moments, for
                                moments_from_partials)
 from ._bn_one_pass import (runs_one_pass_backward, runs_one_pass_forward, wide_one_pass_backward,
                            wide_one_pass_forward)
-from ._bn_runs import runs_affine, runs_grad_input, runs_grad_sums, runs_shifted_sums
+from ._bn_runs import (runs_affine, runs_grad_input, runs_grad_sums, runs_shifted_sums,
+                       short_runs_affine, short_runs_grad_input)
 from ._bn_wide import (flat_affine, flat_grad_input, wide_affine, wide_grad_input, wide_grad_sums,
                        wide_shifted_sums)
 from ._streaming import LINE_BYTES, worth_streaming
@@ -74,6 +75,19 @@ def elementwise_tile(n_cols, stream=False):
 def elementwise_runs(n_inner):
     """(runs, segment) per elementwise task for a runs array with inner runs of ``n_inner``."""
     return max(1, ELEMENTWISE_TILE_ELEMENTS // n_inner), ELEMENTWISE_TILE_ELEMENTS
+
+
+# Tasks of the elementwise passes over runs no longer than this, when nothing streams (so no fence
+# to pay for): whole runs, about this many values. Measured on small NCHW images ((8, 128, 7, 7)
+# to (32, 64, 28, 28)): 8192 values per task 1.0-1.35x faster than 65536 in the parallel build.
+SHORT_RUN_TASK_ELEMENTS = 8192
+
+
+def short_runs(stream, *arrays):
+    """Whether a runs-layout elementwise pass over ``arrays`` (inputs and output) takes the
+    short-runs kernels: nothing streams, runs fit in a task, every array C-contiguous."""
+    return (not stream and arrays[0].shape[2] <= SHORT_RUN_TASK_ELEMENTS
+            and all(a.flags.c_contiguous for a in arrays))
 
 
 # Rows (wide) or runs shorter than this are not streamed: finding the 64-byte lines of each row
@@ -134,6 +148,9 @@ def affine(x, coefficients, out, group):
     elif x.ndim == 2:
         wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1], stream), stream,
                     work=x.size)
+    elif short_runs(stream, x, out):
+        short_runs_affine(x, centre, scale, shift, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
+                          work=x.size)
     else:
         runs_affine(x, centre, scale, shift, out, *elementwise_runs(x.shape[2]), stream,
                     work=x.size)
@@ -162,6 +179,9 @@ def grad_input(dy, x, coefficients, out, group):
     elif x.ndim == 2:
         wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1], stream), stream,
                         work=x.size)
+    elif short_runs(stream, dy, x, out):
+        short_runs_grad_input(dy, x, *cols, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
+                              work=x.size)
     else:
         runs_grad_input(dy, x, *cols, out, *elementwise_runs(x.shape[2]), stream, work=x.size)
 
