@@ -161,6 +161,18 @@ def test_sequential_state_dict_keys_and_modes():
     assert len(grown) == 2
 
 
+def test_sequential_slice_shares_layers(rng):
+    model = nk.seed_model(10, norm="batch", rng=rng)
+    model.eval()
+    features = model[:-2]  # everything before the output Linear and Sigmoid
+    assert isinstance(features, nk.Sequential) and len(features) == len(model) - 2
+    assert not features.training and features[1] is model[1]
+    x = rng.standard_normal((8, 10)).astype(np.float32)
+    np.testing.assert_array_equal(model[-2:](features(x)), model(x))
+    assert set(features.state_dict()) < set(model.state_dict())  # same indices: they start at 0
+    assert isinstance(model[-1], nk.Sigmoid)
+
+
 def test_zero_grad_and_accumulation(rng):
     lin = nk.Linear(3, 2, rng=rng)
     x = rng.standard_normal((4, 3)).astype(np.float32)

@@ -177,6 +177,12 @@ class Sequential(Module):
         return dy
 
     def __getitem__(self, i):
+        """The layer at index ``i``; a slice gives a Sequential of the same layer objects (not
+        copies: they share parameters and state), in this one's mode, as in PyTorch."""
+        if isinstance(i, slice):
+            part = Sequential(*self.layers[i])
+            part.training = self.training
+            return part
         return self.layers[i]
 
     def __len__(self):
