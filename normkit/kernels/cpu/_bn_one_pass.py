@@ -11,11 +11,34 @@ import numpy as np
 from numba import prange
 
 from ._bn_coefficients import fill_backward, fill_forward, moments
-from ._bn_rows import affine_row, grad_input_row
+from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
 from ._bn_runs import run_grad_sums, run_shifted_sums
 from ._bn_wide import tile_affine, tile_grad_input, tile_grad_sums, tile_shifted_sums
-from ._compile import kernel
+from ._compile import helper, kernel
 from ._streaming import end_streams
+
+
+@helper
+def channel_affine(x, c, centre, scale, shift, out, stream):
+    """out = (x - centre) * scale + shift over channel ``c``'s runs (the runs layout's
+    ``tile_affine``)."""
+    if stream:
+        for o in range(x.shape[0]):
+            affine_row(x[o, c], centre, scale, shift, out[o, c], True)
+    else:  # without the streaming set-up, which costs on short runs
+        for o in range(x.shape[0]):
+            affine_values(x[o, c], centre, scale, shift, out[o, c])
+
+
+@helper
+def channel_grad_input(dy, x, c, centre, k_dy, k_x, k_0, out, stream):
+    """out = dy * k_dy + (x - centre) * k_x + k_0 over channel ``c``'s runs."""
+    if stream:
+        for o in range(x.shape[0]):
+            grad_input_row(dy[o, c], x[o, c], centre, k_dy, k_x, k_0, out[o, c], True)
+    else:
+        for o in range(x.shape[0]):
+            grad_input_values(dy[o, c], x[o, c], centre, k_dy, k_x, k_0, out[o, c])
 
 
 @kernel
@@ -34,8 +57,7 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, sc
         mean[c], var[c] = moments(k, s1, s2, inv_count)
         fill_forward(mean[c:c + 1], var[c:c + 1], weight[c:c + 1], bias[c:c + 1], eps,
                      rstd[c:c + 1], centre[c:c + 1], scale[c:c + 1], shift[c:c + 1])
-        for o in range(n_outer):
-            affine_row(x[o, c], centre[c], scale[c], shift[c], out[o, c], stream)
+        channel_affine(x, c, centre[c], scale[c], shift[c], out, stream)
         if stream:
             end_streams()
 
@@ -77,8 +99,7 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
         fill_backward(sum_dy[c:c + 1], sum_dy_xc[c:c + 1], mean[c:c + 1], rstd[c:c + 1],
                       weight[c:c + 1], inv_count, batch_stats, centre[c:c + 1], k_dy[c:c + 1],
                       k_x[c:c + 1], k_0[c:c + 1], dweight[c:c + 1])
-        for o in range(n_outer):
-            grad_input_row(dy[o, c], x[o, c], centre[c], k_dy[c], k_x[c], k_0[c], out[o, c], stream)
+        channel_grad_input(dy, x, c, centre[c], k_dy[c], k_x[c], k_0[c], out, stream)
         if stream:
             end_streams()
 
