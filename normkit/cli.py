@@ -80,7 +80,8 @@ def _positive_float(text):
 
 def build_parser():
     """The ``normkit`` command line: ``info``, ``demo``, ``bench`` and ``experiment``."""
-    parser = argparse.ArgumentParser(prog="normkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="normkit", description="BatchNorm and LayerNorm on the CPU (Numba) and GPU (numba.cuda).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, threading layer, thread count, CUDA availability")
     p.set_defaults(func=_cmd_info)
@@ -104,7 +105,11 @@ def build_parser():
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.set_defaults(func=_cmd_bench)
     from .diagnostics.experiments import EXPERIMENTS
-    p = sub.add_parser("experiment", help="measure a claim about BatchNorm on real data")
+    listing = "\n".join(f"  {name:14} {run.__doc__.splitlines()[0].rstrip('.')}"
+                        for name, run in sorted(EXPERIMENTS.items()))
+    p = sub.add_parser("experiment", help="measure a claim about BatchNorm on real data",
+                       epilog=f"experiments:\n{listing}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(EXPERIMENTS))
     p.add_argument("--quick", action="store_true", help="a small version for tests (< 20 s)")
     p.add_argument("--seed", type=int, default=0)

@@ -125,6 +125,11 @@ def test_experiment_command(capsys, tmp_path):
     assert (tmp_path / "batch-size.png").exists()
     with pytest.raises(SystemExit):
         cli.main(["experiment", "nope"])
+    with pytest.raises(SystemExit):  # the help lists every experiment with what it measures
+        cli.main(["experiment", "--help"])
+    listed = capsys.readouterr().out.split("experiments:")[1]
+    for name, run in diagnostics.EXPERIMENTS.items():
+        assert f"{name} " in listed and run.__doc__.splitlines()[0].rstrip(".") in listed
 
 
 def test_accuracy_with_batch_stats_normalises_each_batch_by_itself(rng):

@@ -227,9 +227,10 @@ def _accuracy_with_batch_stats(model, Xv, yv, batch_size):
 
 
 def run_train_eval(quick=False, seed=0):
-    """Training-mode (batch) against inference-mode (running) statistics, by batch size, and
-    without dropout at one batch size (dropout is on in training and off at inference, so the
-    BatchNorm layers after it see a wider input in training)."""
+    """Training-mode (batch) against inference-mode (running) statistics, by batch size.
+
+    Also without dropout at one batch size: dropout is on in training and off at inference, so
+    the BatchNorm layers after it see a wider input in training."""
     X, y, Xv, yv = _digits(quick, seed)
     runs = [(8, 0.3), (64, 0.3)] if quick else [(4, 0.3), (16, 0.3), (64, 0.3), (256, 0.3), (64, 0.0)]
     epochs = 2 if quick else 10
