@@ -215,7 +215,8 @@ def test_views_are_not_copied_and_memory_order_is_kept(rng):
 
 
 @pytest.mark.parametrize("shift", [1e4, 1e6])
-@pytest.mark.parametrize("shape,axis", [((4096, 64), 1), ((16, 8, 300), 1), ((2000, 16), 0)])
+@pytest.mark.parametrize("shape,axis", [((4096, 64), 1), ((16, 8, 300), 1), ((512, 4, 49), 1),
+                                        ((2000, 16), 0)])
 def test_large_mean_float32_is_exact(rng, kernel_build, bn_passes, shift, shape, axis):
     """float32 input with a large mean: output within 1e-5 of float64 maths on the same values."""
     x = (rng.standard_normal(shape) + shift).astype(np.float32)

@@ -70,6 +70,26 @@ def runs_affine(x, centre, scale, shift, out, runs_per_task, segment, stream):
 
 
 @kernel
+def short_runs_shifted_sums(x, shift, outer_per_task):
+    """:func:`runs_shifted_sums` for short runs: per task, ``outer_per_task`` whole outer rows
+    (every channel) read in memory order into one row of partial sums, (n_tasks, C). With runs
+    of 49 values, 2.5x faster than a task and a partial per run (whose partials were as large as
+    a sixth of a float32 input); the same speed from runs of ~800."""
+    n_outer, n_ch, n_inner = x.shape
+    n_tasks = (n_outer + outer_per_task - 1) // outer_per_task
+    sums = np.zeros((n_tasks, n_ch))
+    squares = np.zeros((n_tasks, n_ch))
+    for t in prange(n_tasks):
+        o0 = t * outer_per_task
+        for o in range(o0, min(o0 + outer_per_task, n_outer)):
+            for c in range(n_ch):
+                a1, a2 = run_shifted_sums(x[o, c], shift[c])
+                sums[t, c] += a1
+                squares[t, c] += a2
+    return sums, squares
+
+
+@kernel
 def short_runs_affine(x, centre, scale, shift, out, runs_per_task):
     """:func:`runs_affine` for C-contiguous ``x`` and ``out`` whose output is not streamed, in
     tasks of ``runs_per_task`` whole runs read as one flat array. Without the per-run indexing of
@@ -101,6 +121,24 @@ def runs_grad_sums(dy, x, mean, segment):
         i1 = min(i0 + segment, n_inner)
         sum_dy[o * n_seg + s, c], sum_dy_xc[o * n_seg + s, c] = run_grad_sums(
             dy[o, c, i0:i1], x[o, c, i0:i1], mean[c])
+    return sum_dy, sum_dy_xc
+
+
+@kernel
+def short_runs_grad_sums(dy, x, mean, outer_per_task):
+    """:func:`runs_grad_sums` for short runs, by whole outer rows (see
+    :func:`short_runs_shifted_sums`)."""
+    n_outer, n_ch, n_inner = x.shape
+    n_tasks = (n_outer + outer_per_task - 1) // outer_per_task
+    sum_dy = np.zeros((n_tasks, n_ch))
+    sum_dy_xc = np.zeros((n_tasks, n_ch))
+    for t in prange(n_tasks):
+        o0 = t * outer_per_task
+        for o in range(o0, min(o0 + outer_per_task, n_outer)):
+            for c in range(n_ch):
+                a1, a2 = run_grad_sums(dy[o, c], x[o, c], mean[c])
+                sum_dy[t, c] += a1
+                sum_dy_xc[t, c] += a2
     return sum_dy, sum_dy_xc
 
 
