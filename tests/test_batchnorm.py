@@ -25,8 +25,8 @@ LAYOUTS = [
 
 def _stream_every_output(monkeypatch, on=True, row_bytes=256):
     """Streaming stores for every output (normally for >= 8 MiB), or for none. Rows and runs of at
-    least ``row_bytes`` (normally 1 KiB) stream row by row; shorter wide rows as one flat run
-    (``_flat_*`` kernels) and shorter runs not at all."""
+    least ``row_bytes`` (normally 1 KiB) stream row by row; shorter rows and runs as one flat run
+    (``flat_*`` kernels) where the arrays are C-contiguous."""
     monkeypatch.setattr(config, "STREAM_MIN_BYTES", 1 if on else 0)
     monkeypatch.setattr(bn_cpu, "STREAM_MIN_ROW_BYTES", row_bytes)
 
@@ -267,7 +267,7 @@ def test_one_pass_kernels_apply_where_a_task_fits_in_cache(shape, group, n_input
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("one_pass", [False, True])
-@pytest.mark.parametrize("row_bytes", [0, 1 << 30])  # row by row / flat (wide), none (runs)
+@pytest.mark.parametrize("row_bytes", [0, 1 << 30])  # row by row / flat
 def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass, row_bytes):
     """The line writers spell out the scalar loops' arithmetic: same bits, whatever the alignment
     of each row (rows of 517 and runs of 41 or 1000 values start at every offset in a line), and
@@ -307,6 +307,13 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     assert not bn_cpu.flat_streams(*both((100352, 8)))  # 3 MiB
     x, out = both((100352, 64))
     assert not bn_cpu.flat_streams(x[:, ::2], out[:, ::2])
+    # Runs: short ones of a large output stream flat, as wide rows of C * inner values.
+    assert bn_cpu.flat_runs(*both((8192, 16, 49)))  # 25 MiB, runs of 196 bytes
+    assert not bn_cpu.flat_runs(*both((32, 64, 3136)))  # long runs: run by run
+    assert not bn_cpu.flat_runs(*both((64, 1024, 196)))  # a period beyond FLAT_RUNS_MAX_PERIOD
+    assert not bn_cpu.flat_runs(*both((256, 16, 49)))  # 0.8 MiB: nothing streams
+    x, out = both((8192, 16, 49))
+    assert not bn_cpu.flat_runs(x, out, x[:, :, ::-1])  # a strided dy
 
 
 def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
