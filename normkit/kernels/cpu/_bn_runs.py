@@ -1,5 +1,6 @@
 """BatchNorm kernels for the "runs" layout, a 3-D (outer, C, inner) array whose inner runs are long
-and contiguous (NCHW images): per-segment partial sums and the elementwise passes, by runs.
+and contiguous (NCHW images): per-segment partial sums and the elementwise passes, by runs; and
+their ``short_runs_*`` twins for runs of tens to hundreds of values, by whole runs and outer rows.
 """
 
 import numpy as np

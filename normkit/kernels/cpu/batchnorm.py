@@ -13,6 +13,9 @@ The dispatcher hands over one of two layouts, both with the channel as a fixed a
 * "wide": a 2D array (rows, cols) where every column belongs to one channel and ``group``
   neighbouring columns share a channel ((N, C) data, channels-last data, short inner runs);
 * "runs": a 3D array (outer, C, inner) whose inner runs are long and contiguous (NCHW images).
+  Runs of tens to hundreds of values (small images) have kernels of their own, ``short_runs_*``,
+  where the per-run work of the general ones cost as much as the arithmetic; when their output
+  streams, they are passed to the wide layout's flat kernels as (outer, C * inner).
 
 Statistics are accumulated in float64 in one pass, as sums of (x - K) and (x - K)^2 where the
 shift K is a value of the data itself (the channel's first value). Why this is exact enough: the
