@@ -104,7 +104,8 @@ def short_runs_affine(x, centre, scale, shift, out, runs_per_task):
         for run in range(first, min(first + runs_per_task, n_runs)):
             c = run % n_ch
             i0 = run * n_inner
-            affine_values(xf[i0:i0 + n_inner], centre[c], scale[c], shift[c], of[i0:i0 + n_inner])
+            i1 = i0 + n_inner
+            affine_values(xf[i0:i1], centre[c], scale[c], shift[c], of[i0:i1])
 
 
 @kernel
