@@ -18,6 +18,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import _threading
 from . import functional as F
 
 
@@ -169,6 +170,7 @@ def copy_bandwidth(nbytes=64 << 20, repeats=20):
     thread count. 64 MiB is past this machine's share of L3; smaller copies run from cache."""
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
+    _threading.start()  # as normkit's kernels would: the copy must not start it otherwise
     _parallel_copy(src, dst)
     return 2 * nbytes / best_time(lambda: _parallel_copy(src, dst), repeats) / 1e9
 

@@ -1,9 +1,13 @@
 """Tunables read at call time, so that tests and users can change them on the fly.
 
 ``PARALLEL_MIN_ELEMENTS``
-    Inputs with fewer elements than this run the serial twin of a CPU kernel: a parallel launch
-    costs tens of microseconds, more than the whole work for a small batch. Set it to 0 to force
-    the parallel kernels (the tests do, to cover both). Environment: ``NORMKIT_PARALLEL_MIN_ELEMENTS``.
+    Inputs with fewer elements than this (524288: a (2048, 256) float32 batch) run the serial
+    twin of a CPU kernel: a parallel launch wakes sleeping threads (see ``normkit._threading``)
+    and costs tens of microseconds, more than it saves on a small batch. Measured on 2 cores:
+    serial calls 1.0-2x faster up to 262144 elements, the parallel ones 1.05-1.5x faster at
+    524288 (but slower there right after a NumPy matrix product, whose threads hold the cores
+    for a while). Machines with more cores may want it lower. Set it to 0 to force the parallel
+    kernels (the tests do, to cover both). Environment: ``NORMKIT_PARALLEL_MIN_ELEMENTS``.
 
 ``OUTPUT_CACHE_BYTES``, ``OUTPUT_CACHE_MIN_BYTES``
     Freed normkit outputs of at least ``OUTPUT_CACHE_MIN_BYTES`` (32 MiB: glibc returns blocks
@@ -34,7 +38,7 @@
 
 import os
 
-PARALLEL_MIN_ELEMENTS = int(os.environ.get("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 15))
+PARALLEL_MIN_ELEMENTS = int(os.environ.get("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 19))
 OUTPUT_CACHE_BYTES = int(os.environ.get("NORMKIT_OUTPUT_CACHE_BYTES", 512 << 20))
 OUTPUT_CACHE_MIN_BYTES = 32 << 20
 ONE_PASS_BYTES = int(os.environ.get("NORMKIT_ONE_PASS_BYTES", 1 << 20))

@@ -32,3 +32,34 @@ def test_parallel_kernels_survive(layer, mode):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert f"threading layer: {layer}" in proc.stdout
     assert f"ok {mode}" in proc.stdout
+
+
+# What GNU OpenMP reports at start-up with OMP_DISPLAY_ENV=VERBOSE: its wait policy, and the
+# spin count of idle threads, 0 under the passive policy (300000 when the variable is unset,
+# although the policy then reads 'PASSIVE' too).
+START_SCRIPT = """
+import os
+import numpy as np
+import normkit
+normkit.config.PARALLEL_MIN_ELEMENTS = 0
+normkit.F.batch_norm(np.ones((64, 8), np.float32), None, None, training=True)
+print("after:", os.environ.get("OMP_WAIT_POLICY"))
+"""
+
+
+@pytest.mark.parametrize("user_policy, reported", [
+    (None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")])
+def test_openmp_threads_sleep_when_idle_unless_the_user_says(user_policy, reported):
+    # Spinning OpenMP threads made a kernel launched after a NumPy matrix product 50x slower
+    # (normkit/_threading.py); the policy must reach OpenMP and leave os.environ as it was.
+    if not _layer_available("omp"):
+        pytest.skip(f"numba {numba.__version__} here has no omp threading layer")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(NUMBA_THREADING_LAYER="omp", OMP_DISPLAY_ENV="VERBOSE")
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    proc = subprocess.run([sys.executable, "-c", START_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert reported in proc.stderr, proc.stderr
+    assert f"after: {user_policy}" in proc.stdout

@@ -70,6 +70,7 @@ class Kernel:
     def __call__(self, *args, work):
         if work < config.PARALLEL_MIN_ELEMENTS or _threading.serial_only():
             return self.serial(*args)
+        _threading.start()
         with _threading.launch_lock():
             return self.parallel(*args)
 
