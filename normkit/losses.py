@@ -13,6 +13,11 @@ class _Loss:
     def __init__(self):
         self._cache = None
 
+    def check_target(self, target):
+        """Raise if ``target`` holds values this loss never accepts, whatever the prediction.
+        :func:`normkit.fit` calls it on all its targets before training, so that a bad target in
+        a late batch does not stop training half way."""
+
     def backward(self):
         """dLoss/dpred for the last call, in the prediction's dtype."""
         if self._cache is None:
@@ -28,7 +33,25 @@ class _Loss:
         return pred, target.reshape(pred.shape).astype(np.float64)
 
 
-class BCELoss(_Loss):
+class _BinaryLoss(_Loss):
+    def check_target(self, target):
+        """Targets are probabilities too (0/1 labels or soft labels): outside [0, 1] the loss has
+        no meaning and can go negative, and a NaN target makes every gradient of a batch NaN."""
+        target = np.asarray(target)
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"{type(self).__name__}: target must hold real numbers, got dtype "
+                            f"{target.dtype}")
+        bad = ~((target >= 0) & (target <= 1))
+        if bad.any():
+            raise ValueError(f"{type(self).__name__}: target must hold probabilities in [0, 1] "
+                             f"(labels 0/1 or soft labels), got a value of {target[bad].flat[0]}")
+
+    def _pair(self, pred, target):
+        self.check_target(target)
+        return super()._pair(pred, target)
+
+
+class BCELoss(_BinaryLoss):
     """Binary cross-entropy on probabilities (the output of a Sigmoid). Logs are clamped at -100,
     as in PyTorch, so a saturated prediction gives a large but finite loss."""
 
@@ -50,7 +73,7 @@ class BCELoss(_Loss):
         return ((pd - t) / np.maximum(pd * (1 - pd), eps) / pd.size).astype(p.dtype)
 
 
-class BCEWithLogitsLoss(_Loss):
+class BCEWithLogitsLoss(_BinaryLoss):
     """Binary cross-entropy on logits, computed stably (no overflow for large |logit|)."""
 
     def __call__(self, pred, target):
@@ -68,15 +91,25 @@ class BCEWithLogitsLoss(_Loss):
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy: logits (N, K) and integer class labels (N,) in [0, K)."""
 
+    def check_target(self, target):
+        """Labels are integers >= 0, one per sample (their upper bound, the number of classes,
+        is checked against the logits on every call)."""
+        labels = np.asarray(target)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"CrossEntropyLoss: labels must be integers, got dtype {labels.dtype}")
+        if labels.ndim != 1:
+            raise ValueError(f"CrossEntropyLoss: expected labels (N,), got shape {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"CrossEntropyLoss: labels must be >= 0, got {labels.min()}")
+
     def __call__(self, pred, target):
         z = _checks.float_array(pred, "CrossEntropyLoss", "pred")
         labels = np.asarray(target)
         if z.ndim != 2 or labels.shape != (z.shape[0],):
             raise ValueError(f"CrossEntropyLoss: expected logits (N, K) and labels (N,), got "
                              f"{z.shape} and {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"CrossEntropyLoss: labels must be integers, got dtype {labels.dtype}")
-        if labels.min() < 0 or labels.max() >= z.shape[1]:
+        self.check_target(labels)
+        if labels.max() >= z.shape[1]:
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {z.shape[1]}), got "
                              f"[{labels.min()}, {labels.max()}]")
         logp = log_softmax(z.astype(np.float64), axis=1)

@@ -136,7 +136,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     ----------
     model : Module
     X, y : array_like
-        Training inputs and targets (labels for CrossEntropyLoss, 0/1 values for BCE losses).
+        Training inputs and targets (labels for CrossEntropyLoss, 0/1 values or probabilities
+        for the BCE losses). All targets, the validation ones too, are checked before training
+        (``loss.check_target``), so a bad one raises before any state changes.
     loss : loss object (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss)
     optimizer : SGD or Adam over ``model.parameters()``
     epochs, batch_size : int
@@ -172,6 +174,11 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         if len(validation[0]) != len(validation[1]):
             raise ValueError(f"fit: X_val has {len(validation[0])} samples but y_val has "
                              f"{len(validation[1])}")
+    check_target = getattr(loss, "check_target", None)  # (custom loss objects may lack it)
+    if check_target is not None:
+        check_target(y)
+        if validation is not None:
+            check_target(validation[1])
     history = History(loss=[], accuracy=[], epoch_time=[])
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])

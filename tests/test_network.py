@@ -114,6 +114,12 @@ def test_seed_model_blocks():
     (lambda s: s.update({"12.bias": s["12.bias"] + 1j}), r"12.bias: expected real numbers, got dtype complex"),
     (lambda s: s.update({"9.running_var": s["9.running_var"].astype(object)}), r"dtype object"),
     (lambda s: s.update({"9.num_batches_tracked": 2.5}), r"9.num_batches_tracked: expected whole numbers, got 2.5"),
+    # values eval mode would turn into NaN outputs, or that do not fit the layer's dtype
+    (lambda s: s["9.running_var"].__setitem__(3, -0.5), r"9.running_var: a variance cannot be negative, got -0.5"),
+    (lambda s: s["9.running_var"].__setitem__(3, np.nan), r"9.running_var: expected finite values, got nan"),
+    (lambda s: s["5.running_mean"].__setitem__(0, -np.inf), r"5.running_mean: expected finite values, got -inf"),
+    (lambda s: s.update({"9.num_batches_tracked": -1}), r"9.num_batches_tracked: expected a count >= 0, got -1"),
+    (lambda s: s.update({"12.weight": s["12.weight"].astype(np.float64) * 1e300}), r"12.weight: values too large for float32"),
 ])
 def test_bad_state_dicts_raise_and_change_nothing(rng, edit, match):
     model = nk.seed_model(10, norm="batch", rng=rng)

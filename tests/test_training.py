@@ -108,6 +108,49 @@ def test_loss_errors():
     assert np.isnan(nk.BCELoss()(np.array([[np.nan], [0.5]]), np.ones((2, 1))))
 
 
+@pytest.mark.parametrize("make_loss", [nk.BCELoss, nk.BCEWithLogitsLoss])
+@pytest.mark.parametrize("bad", [-1.0, 2.0, np.nan])
+def test_binary_losses_take_targets_in_0_1_only(make_loss, bad):
+    loss = make_loss()
+    pred = np.full((3, 1), 0.5)
+    assert np.isfinite(loss(pred, np.array([[0.0], [0.3], [1.0]])))  # soft labels are fine
+    with pytest.raises(ValueError, match=rf"{make_loss.__name__}: target must hold probabilities "
+                                         rf"in \[0, 1\].*{bad}"):
+        loss(pred, np.array([[0.0], [bad], [1.0]]))
+
+
+def _with_bad_last_sample(y, bad):
+    y = y.astype(np.result_type(y, type(bad)))  # (a copy)
+    y[-1] = bad
+    return y
+
+
+@pytest.mark.parametrize("make_loss, bad, message", [
+    (nk.BCELoss, 2.0, r"BCELoss: target must hold probabilities in \[0, 1\].*2\.0"),
+    (nk.BCEWithLogitsLoss, np.nan, r"BCEWithLogitsLoss: target .* got a value of nan"),
+    (nk.CrossEntropyLoss, -1, "CrossEntropyLoss: labels must be >= 0, got -1"),
+    (nk.CrossEntropyLoss, 0.5, "CrossEntropyLoss: labels must be integers")])
+@pytest.mark.parametrize("where", ["y", "y_val"])
+def test_fit_checks_every_target_before_training(make_loss, bad, message, where):
+    # a bad target in the last batch must not leave the model trained on the batches before it
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 4))
+    if make_loss is nk.CrossEntropyLoss:
+        model = nk.Sequential(nk.Linear(4, 3, rng=rng), nk.BatchNorm(3), nk.Linear(3, 2, rng=rng))
+        y = rng.integers(0, 2, 40)
+    else:
+        model = nk.Sequential(nk.Linear(4, 3, rng=rng), nk.BatchNorm(3), nk.Linear(3, 1, rng=rng))
+        y = rng.integers(0, 2, (40, 1)).astype(float)
+    y_bad = _with_bad_last_sample(y, bad)
+    y_fit, y_val = (y_bad, y) if where == "y" else (y, y_bad)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises((ValueError, TypeError), match=message):
+        nk.fit(model, X, y_fit, loss=make_loss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+               epochs=1, batch_size=8, validation=(X, y_val), progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def _small_problem(n=40):
     rng = np.random.default_rng(5)
     X, y = rng.standard_normal((n, 4)), (rng.random((n, 1)) > 0.5).astype(float)

@@ -14,6 +14,11 @@ def _unusable(value, current):
         return f"expected real numbers, got dtype {value.dtype}"
     if current.dtype.kind in "iu" and not np.array_equal(value, np.round(value)):
         return f"expected whole numbers, got {value}"
+    if current.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            cast = value.astype(current.dtype)
+        if (np.isfinite(value) & ~np.isfinite(cast)).any():
+            return f"values too large for {current.dtype} (up to {np.abs(value).max():.3g})"
     return None
 
 
@@ -154,6 +159,12 @@ class Module:
             state.update(child.state_dict(f"{prefix}{name}."))
         return state
 
+    def _state_problem(self, name, value):
+        """Why ``value`` (an ndarray of the right shape and kind) is no valid state entry
+        ``name`` of this layer, or None. Layers whose state has rules (a variance is never
+        negative) override it; :meth:`load_state_dict` loads nothing when one objects."""
+        return None
+
     def _set_state(self, name, value):
         current = getattr(self, name)
         if isinstance(current, Parameter):
@@ -172,7 +183,10 @@ class Module:
         common = sorted(set(expected) & set(state))
         wrong = [f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
                  for k in common if np.shape(state[k]) != expected[k].shape]
-        unusable = [f"{k}: {why}" for k in common if (why := _unusable(state[k], expected[k]))]
+        shaped = {k for k in common if np.shape(state[k]) == expected[k].shape}
+        unusable = [f"{name}: {why}" for name, module, attr in self._state_targets()
+                    if name in shaped and (why := _unusable(state[name], expected[name])
+                                           or module._state_problem(attr, np.asarray(state[name])))]
         if missing or unexpected or wrong or unusable:
             parts = []
             if missing:

@@ -93,6 +93,16 @@ class BatchNorm(Module):
             self.running_var[...] = 1
         self.num_batches_tracked = 0
 
+    def _state_problem(self, name, value):
+        # Running statistics that eval mode would turn into NaN outputs without a word.
+        if name in ("running_mean", "running_var") and not np.isfinite(value).all():
+            return f"expected finite values, got {value[~np.isfinite(value)].flat[0]}"
+        if name == "running_var" and (value < 0).any():
+            return f"a variance cannot be negative, got {value[value < 0].flat[0]}"
+        if name == "num_batches_tracked" and value < 0:
+            return f"expected a count >= 0, got {value}"
+        return None
+
     def freeze(self):
         """Normalise with the running statistics and stop updating them, even in training mode."""
         if not self.track_running_stats:
