@@ -23,7 +23,8 @@ def info():
     -------
     dict
         Keys: ``normkit``, ``python``, ``numpy``, ``numba``, ``scipy``, ``torch`` (None when
-        absent), ``threading_layer``, ``num_threads``, ``cuda_available``, ``cuda_simulator``.
+        absent), ``threading_layer`` (started if it was not), ``openmp_wait_policy`` (what idle
+        OpenMP threads do, see the README's policies), ``num_threads``, ``cuda_available``, ``cuda_simulator``.
     """
     import numba.core.config as numba_config
     return {
@@ -35,6 +36,7 @@ def info():
         "torch": _version("torch"),
         "numba_cuda": _version("numba_cuda"),
         "threading_layer": _threading.threading_layer(),
+        "openmp_wait_policy": _threading.openmp_wait_policy(),
         "num_threads": numba.get_num_threads(),
         "cuda_available": _backend.cuda_available(),
         "cuda_simulator": bool(numba_config.ENABLE_CUDASIM),

@@ -34,6 +34,7 @@ _launch_lock = threading.Lock()
 _serial_only = False
 _started = False
 _start_lock = threading.Lock()
+_policy_at_start = None  # how OMP_WAIT_POLICY was set when start() started the layer
 WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
@@ -57,13 +58,15 @@ if hasattr(os, "register_at_fork"):
 def start():
     """Start Numba's threading layer, if nothing has yet, with OpenMP threads that sleep when idle
     (see the module docstring). Call before the first parallel launch; cheap after it."""
-    global _started
+    global _started, _policy_at_start
     if _started:
         return
     with _start_lock:
         if _started:
             return
         user_set = WAIT_POLICY in os.environ
+        _policy_at_start = (f"{os.environ[WAIT_POLICY]} (from the environment)" if user_set
+                            else "PASSIVE (set by normkit)")
         if not user_set:
             os.environ[WAIT_POLICY] = "PASSIVE"
         try:
@@ -88,8 +91,23 @@ def serial_only():
 
 
 def threading_layer():
-    """The active Numba threading layer, or a description of the one that will be chosen."""
+    """The Numba threading layer normkit's parallel kernels use (started now if need be, but
+    never in a process that must stay serial), or why there is none."""
+    if not _serial_only:
+        start()
     try:
         return numba.threading_layer()
     except ValueError:
-        return f"not started yet (configured: {numba.config.THREADING_LAYER})"
+        return f"not started (configured: {numba.config.THREADING_LAYER})"
+
+
+def openmp_wait_policy():
+    """``OMP_WAIT_POLICY`` as Numba's OpenMP runtime read it, and where it came from; or why
+    there is none (another threading layer, or none started)."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return "none: no threading layer started"
+    if layer != "omp":
+        return f"none: the threading layer is {layer}"
+    return _policy_at_start or "unknown: OpenMP was started before normkit could set it"

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,11 @@ def test_info_reports_versions_layer_threads_and_cuda():
     assert d["numba"] == numba.__version__
     assert d["num_threads"] == numba.get_num_threads()
     assert isinstance(d["cuda_available"], bool)
-    assert d["threading_layer"]
+    assert d["threading_layer"] == numba.threading_layer()  # info() started it
+    if d["threading_layer"] == "omp" and "OMP_WAIT_POLICY" not in os.environ:
+        assert d["openmp_wait_policy"] == "PASSIVE (set by normkit)"
+    else:
+        assert d["openmp_wait_policy"].startswith(("none: ", os.environ.get("OMP_WAIT_POLICY", "-")))
 
 
 def test_info_on_the_command_line():
