@@ -8,6 +8,7 @@ from . import functional as F  # noqa: E402
 from ._info import format_info, info  # noqa: E402
 from ._memory import empty_cache  # noqa: E402
 from ._running import NonFiniteBatchWarning  # noqa: E402
+from ._threading import SpinningThreadsWarning, get_num_threads, set_num_threads  # noqa: E402
 from .functional import batch_norm, batch_norm_backward, layer_norm, layer_norm_backward  # noqa: E402
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss  # noqa: E402
 from .models import seed_model  # noqa: E402
@@ -21,6 +22,7 @@ from .distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batc
 
 __all__ = [
     "F", "functional", "reference", "nn", "config", "info", "format_info", "empty_cache", "NonFiniteBatchWarning",
+    "set_num_threads", "get_num_threads", "SpinningThreadsWarning",
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
     "Module", "Parameter", "BatchNorm", "LayerNorm", "Linear", "ReLU", "Sigmoid", "Tanh",
     "Dropout", "Sequential", "SGD", "Adam", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",

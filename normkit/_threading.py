@@ -27,6 +27,7 @@ runtimes loaded later (PyTorch's own copy) and child processes keep the user's e
 
 import os
 import threading
+import warnings
 
 import numba
 
@@ -57,7 +58,11 @@ if hasattr(os, "register_at_fork"):
 
 def start():
     """Start Numba's threading layer, if nothing has yet, with OpenMP threads that sleep when idle
-    (see the module docstring). Call before the first parallel launch; cheap after it."""
+    (see the module docstring). Call before the first parallel launch; cheap after it.
+
+    If something else started it first (``numba.set_num_threads``, another library's parallel
+    kernel), OpenMP has read its wait policy already: then a :class:`SpinningThreadsWarning`
+    says so, once, when the layer is OpenMP and the user did not choose a policy."""
     global _started, _policy_at_start
     if _started:
         return
@@ -65,19 +70,63 @@ def start():
         if _started:
             return
         user_set = WAIT_POLICY in os.environ
-        _policy_at_start = (f"{os.environ[WAIT_POLICY]} (from the environment)" if user_set
-                            else "PASSIVE (set by normkit)")
-        if not user_set:
-            os.environ[WAIT_POLICY] = "PASSIVE"
         try:
-            from numba.np.ufunc.parallel import _launch_threads  # numba's internals (0.5x-0.68)
-            _launch_threads()
-        except ImportError:  # other internals: the first launch starts the layer, as it would
-            pass
-        finally:
+            from numba.np.ufunc import parallel  # numba's internals (0.5x-0.68)
+            launch, started_by_others = parallel._launch_threads, parallel._is_initialized
+        except (ImportError, AttributeError):  # other internals: the first launch starts it
+            launch, started_by_others = None, True
+        if started_by_others:
+            _policy_at_start = None
+        else:
+            _policy_at_start = (f"{os.environ[WAIT_POLICY]} (from the environment)" if user_set
+                                else "PASSIVE (set by normkit)")
             if not user_set:
-                del os.environ[WAIT_POLICY]
+                os.environ[WAIT_POLICY] = "PASSIVE"
+            try:
+                launch()
+            finally:
+                if not user_set:
+                    del os.environ[WAIT_POLICY]
         _started = True
+    if started_by_others and not user_set and _layer() == "omp":
+        warnings.warn(
+            "Numba's OpenMP threads were started before normkit's first parallel kernel (by "
+            "numba.set_num_threads or another library), so their idle threads spin: a kernel "
+            "right after a NumPy matrix product can run 50x slower. Call "
+            "normkit.set_num_threads instead of numba's, or set OMP_WAIT_POLICY=PASSIVE "
+            "(or ACTIVE, to keep spinning and silence this).", SpinningThreadsWarning,
+            stacklevel=3)
+
+
+class SpinningThreadsWarning(RuntimeWarning):
+    """Numba's OpenMP threads spin when idle, which slows kernels next to NumPy's BLAS threads
+    (see :func:`start`)."""
+
+
+def _layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in normkit's parallel CPU kernels (``numba.set_num_threads``, once
+    :func:`start` has started the threading layer the way normkit wants it).
+
+    Parameters
+    ----------
+    n : int
+        From 1 to ``numba.config.NUMBA_NUM_THREADS`` (the cores, unless ``NUMBA_NUM_THREADS``
+        says fewer).
+    """
+    start()
+    numba.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads normkit's parallel CPU kernels use."""
+    return numba.get_num_threads()
 
 
 def launch_lock():
@@ -104,9 +153,8 @@ def threading_layer():
 def openmp_wait_policy():
     """``OMP_WAIT_POLICY`` as Numba's OpenMP runtime read it, and where it came from; or why
     there is none (another threading layer, or none started)."""
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
+    layer = _layer()
+    if layer is None:
         return "none: no threading layer started"
     if layer != "omp":
         return f"none: the threading layer is {layer}"

@@ -14,7 +14,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -231,11 +230,13 @@ def run(cases=CASES, threads=2, repeats=10, numpy_repeats=3, with_torch=True, st
         copy), ``rows`` (one per case and pass: best times, GB/s, ratios) and, with
         ``startup``, ``startup``; :func:`format_markdown` and :func:`save` take it.
     """
-    numba.set_num_threads(threads)
+    # PyTorch first: imported after Numba's OpenMP runtime started, it would share it (one
+    # libgomp.so.1 per process) and run with normkit's wait policy rather than its own.
     with_torch = with_torch and torch_available()
     if with_torch:
         import torch
         torch.set_num_threads(threads)
+    _threading.set_num_threads(threads)  # (numba's own would start OpenMP with spinning threads)
     copy_gbs = copy_bandwidth()
     rows = []
     for case in cases:

@@ -319,6 +319,8 @@ def test_only_large_outputs_stream_and_short_rows_flat():
 def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
     """The parallel kernels split work by shape, not by thread count: bit-identical results."""
     import numba
+
+    import normkit
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.fail("needs a machine with at least 2 cores (CI machines have 2)")
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
@@ -330,12 +332,12 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
             dy = rng.standard_normal(shape).astype(np.float32)
             results = []
             for threads in (1, 2):
-                numba.set_num_threads(threads)
+                normkit.set_num_threads(threads)
                 try:
                     y, saved = F.batch_norm(x, None, None, training=True, axis=axis)
                     results.append((y, saved.mean, saved.rstd, *F.batch_norm_backward(dy, saved)))
                 finally:
-                    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+                    normkit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
             for a, b in zip(*results):
                 assert a is None and b is None or np.array_equal(a, b), (shape, one_pass_bytes)
 

@@ -38,18 +38,36 @@ def test_parallel_kernels_survive(layer, mode):
 # spin count of idle threads, 0 under the passive policy (300000 when the variable is unset,
 # although the policy then reads 'PASSIVE' too).
 START_SCRIPT = """
-import os
+import os, sys, warnings
+import numba
 import numpy as np
 import normkit
+first = sys.argv[1]
+if first == "numba.set_num_threads":
+    numba.set_num_threads(1)
+elif first == "normkit.set_num_threads":
+    normkit.set_num_threads(1)
 normkit.config.PARALLEL_MIN_ELEMENTS = 0
-normkit.F.batch_norm(np.ones((64, 8), np.float32), None, None, training=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    normkit.F.batch_norm(np.ones((64, 8), np.float32), None, None, training=True)
 print("after:", os.environ.get("OMP_WAIT_POLICY"))
+print("threads:", normkit.get_num_threads())
+print("warned:", [type(w.message).__name__ for w in caught])
+print("policy:", normkit.info()["openmp_wait_policy"])
 """
 
 
-@pytest.mark.parametrize("user_policy, reported", [
-    (None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")])
-def test_openmp_threads_sleep_when_idle_unless_the_user_says(user_policy, reported):
+@pytest.mark.parametrize("first, user_policy, reported, warned, policy", [
+    ("a kernel", None, "GOMP_SPINCOUNT = '0'", [], "PASSIVE (set by normkit)"),
+    ("normkit.set_num_threads", None, "GOMP_SPINCOUNT = '0'", [], "PASSIVE (set by normkit)"),
+    ("a kernel", "ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'", [], "ACTIVE (from the environment)"),
+    # too late to choose: OpenMP started spinning before normkit's first kernel, which says so
+    ("numba.set_num_threads", None, "GOMP_SPINCOUNT = '300000'", ["SpinningThreadsWarning"],
+     "unknown: OpenMP was started before normkit could set it"),
+])
+def test_openmp_threads_sleep_when_idle_unless_the_user_says(first, user_policy, reported,
+                                                             warned, policy):
     # Spinning OpenMP threads made a kernel launched after a NumPy matrix product 50x slower
     # (normkit/_threading.py); the policy must reach OpenMP and leave os.environ as it was.
     if not _layer_available("omp"):
@@ -58,8 +76,12 @@ def test_openmp_threads_sleep_when_idle_unless_the_user_says(user_policy, report
     env.update(NUMBA_THREADING_LAYER="omp", OMP_DISPLAY_ENV="VERBOSE")
     if user_policy:
         env["OMP_WAIT_POLICY"] = user_policy
-    proc = subprocess.run([sys.executable, "-c", START_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-c", START_SCRIPT, first], env=env,
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert reported in proc.stderr, proc.stderr
     assert f"after: {user_policy}" in proc.stdout
+    assert f"warned: {warned}" in proc.stdout
+    assert f"policy: {policy}" in proc.stdout
+    if first.endswith("set_num_threads"):
+        assert "threads: 1" in proc.stdout

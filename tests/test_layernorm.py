@@ -141,6 +141,8 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
     """Rows are split into tasks by shape, not by thread count: bit-identical results."""
     import numba
 
+    import normkit
+
     from normkit import config
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.fail("needs a machine with at least 2 cores (CI machines have 2)")
@@ -151,11 +153,11 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
         dy = rng.standard_normal(shape).astype(np.float32)
         results = []
         for threads in (1, 2):
-            numba.set_num_threads(threads)
+            normkit.set_num_threads(threads)
             try:
                 y, saved = F.layer_norm(x, shape[1], w, b)
                 results.append((y, saved.mean, saved.rstd, *F.layer_norm_backward(dy, saved)))
             finally:
-                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+                normkit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         for got, want in zip(*results):
             assert np.array_equal(got, want), shape
