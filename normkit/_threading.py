@@ -20,9 +20,12 @@ So every parallel launch takes a process-wide lock (a launch already uses every 
 lost by queuing them); a process forked from a parent whose OpenMP runtime is live runs the
 serial twins of the kernels, which never touch the threading layer; and the threading layer is
 started by :func:`start` with ``OMP_WAIT_POLICY=PASSIVE`` unless the user set that variable. GNU
-OpenMP reads it once, when it is loaded, so the variable is set only for that moment: other OpenMP
-runtimes loaded later (PyTorch's own copy) and child processes keep the user's environment. The
-``tbb`` layer (``pip install tbb``, which Numba then prefers) does not spin and needs none of this.
+OpenMP reads it once, when it is loaded, so the variable is set only for that moment: child
+processes and OpenMP runtimes loaded later keep the user's environment. (A library that links
+``libgomp.so.1`` and is imported later, PyTorch among them, shares the runtime already loaded, and
+with it the passive policy; imported first, PyTorch loads its own copy and Numba still gets the
+system's.) The ``tbb`` layer (``pip install tbb``, which Numba then prefers) does not spin and
+needs none of this.
 """
 
 import os
@@ -44,11 +47,8 @@ def _reset_after_fork():
     global _launch_lock, _start_lock, _serial_only
     _launch_lock = threading.Lock()
     _start_lock = threading.Lock()
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel ran in the parent: the child may start its own runtime
-        layer = None
-    if layer == "omp":
+    # (no layer started in the parent: the child may start its own runtime)
+    if _layer() == "omp":
         _serial_only = True
 
 
@@ -93,8 +93,8 @@ def start():
             "Numba's OpenMP threads were started before normkit's first parallel kernel (by "
             "numba.set_num_threads or another library), so their idle threads spin: a kernel "
             "right after a NumPy matrix product can run 50x slower. Call "
-            "normkit.set_num_threads instead of numba's, or set OMP_WAIT_POLICY=PASSIVE "
-            "(or ACTIVE, to keep spinning and silence this).", SpinningThreadsWarning,
+            "normkit.set_num_threads instead of numba's, or set OMP_WAIT_POLICY (PASSIVE, or "
+            "ACTIVE to keep spinning) before the process starts OpenMP.", SpinningThreadsWarning,
             stacklevel=3)
 
 
