@@ -3,8 +3,6 @@ training step of the seed model, and a BatchNorm call right after a NumPy matrix
 `Linear -> BatchNorm` of every block, where NumPy's BLAS threads and Numba's meet; see
 normkit/_threading.py). normkit against PyTorch CPU at the same thread count."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -44,9 +42,6 @@ def torch_step(norm):
     model = torch.nn.Sequential(*blocks, torch.nn.Linear(256, CLASSES))
     optimizer = torch.optim.Adam(model.parameters())
     x, y = (torch.from_numpy(a) for a in _batch())
-    # OpenBLAS's threads spin for ~0.1 s after the last NumPy product (an earlier case's), on the
-    # cores PyTorch's own threads need: measured 16-21 ms a step right after, 6 ms alone.
-    time.sleep(0.5)
 
     def step():
         optimizer.zero_grad()

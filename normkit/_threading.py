@@ -144,10 +144,7 @@ def threading_layer():
     never in a process that must stay serial), or why there is none."""
     if not _serial_only:
         start()
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return f"not started (configured: {numba.config.THREADING_LAYER})"
+    return _layer() or f"not started (configured: {numba.config.THREADING_LAYER})"
 
 
 def openmp_wait_policy():
