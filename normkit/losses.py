@@ -1,6 +1,8 @@
 """Losses as objects: ``value = loss(pred, target)`` (a float, the batch mean), then
 ``dpred = loss.backward()``."""
 
+import math
+
 import numpy as np
 from scipy.special import expit, log_expit, log_softmax, softmax
 
@@ -13,10 +15,25 @@ class _Loss:
     def __init__(self):
         self._cache = None
 
-    def check_target(self, target):
-        """Raise if ``target`` holds values this loss never accepts, whatever the prediction.
+    def check_target(self, target, pred_shape=None):
+        """Raise if ``target`` cannot be this loss's target.
+
+        Parameters
+        ----------
+        target : array_like
+            Targets, samples along the first axis.
+        pred_shape : tuple of int, optional
+            The shape of the predictions for all of ``target``; without it only the values are
+            checked (those this loss never accepts, whatever the prediction).
+
+        Notes
+        -----
         :func:`normkit.fit` calls it on all its targets before training, so that a bad target in
-        a late batch does not stop training half way."""
+        a late batch, or a model output of the wrong width, does not stop training half way.
+        """
+        if pred_shape is not None and np.size(target) != math.prod(pred_shape):
+            raise ValueError(f"{type(self).__name__}: pred has shape {tuple(pred_shape)} but target "
+                             f"has shape {np.shape(target)}")
 
     def backward(self):
         """dLoss/dpred for the last call, in the prediction's dtype."""
@@ -27,16 +44,14 @@ class _Loss:
     def _pair(self, pred, target):
         pred = _checks.float_array(pred, type(self).__name__, "pred")
         target = np.asarray(target)
-        if target.size != pred.size:
-            raise ValueError(f"{type(self).__name__}: pred has shape {pred.shape} but target has "
-                             f"shape {target.shape}")
+        self.check_target(target, pred.shape)
         return pred, target.reshape(pred.shape).astype(np.float64)
 
 
 class _BinaryLoss(_Loss):
-    def check_target(self, target):
-        """Targets are probabilities too (0/1 labels or soft labels): outside [0, 1] the loss has
-        no meaning and can go negative, and a NaN target makes every gradient of a batch NaN."""
+    def check_target(self, target, pred_shape=None):
+        # Targets are probabilities too (0/1 labels or soft labels): outside [0, 1] the loss has
+        # no meaning and can go negative, and a NaN target makes every gradient of a batch NaN.
         target = np.asarray(target)
         if target.dtype.kind not in "biuf":
             raise TypeError(f"{type(self).__name__}: target must hold real numbers, got dtype "
@@ -45,10 +60,7 @@ class _BinaryLoss(_Loss):
         if bad.any():
             raise ValueError(f"{type(self).__name__}: target must hold probabilities in [0, 1] "
                              f"(labels 0/1 or soft labels), got a value of {target[bad].flat[0]}")
-
-    def _pair(self, pred, target):
-        self.check_target(target)
-        return super()._pair(pred, target)
+        super().check_target(target, pred_shape)
 
 
 class BCELoss(_BinaryLoss):
@@ -91,9 +103,9 @@ class BCEWithLogitsLoss(_BinaryLoss):
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy: logits (N, K) and integer class labels (N,) in [0, K)."""
 
-    def check_target(self, target):
-        """Labels are integers >= 0, one per sample (their upper bound, the number of classes,
-        is checked against the logits on every call)."""
+    def check_target(self, target, pred_shape=None):
+        # Labels are integers >= 0, one per sample, and below the number of classes K, which
+        # only the logits' shape (N, K) tells.
         labels = np.asarray(target)
         if not np.issubdtype(labels.dtype, np.integer):
             raise TypeError(f"CrossEntropyLoss: labels must be integers, got dtype {labels.dtype}")
@@ -101,17 +113,19 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"CrossEntropyLoss: expected labels (N,), got shape {labels.shape}")
         if labels.size and labels.min() < 0:
             raise ValueError(f"CrossEntropyLoss: labels must be >= 0, got {labels.min()}")
+        if pred_shape is None:
+            return
+        if len(pred_shape) != 2 or labels.shape != (pred_shape[0],):
+            raise ValueError(f"CrossEntropyLoss: expected logits (N, K) and labels (N,), got "
+                             f"{tuple(pred_shape)} and {labels.shape}")
+        if labels.size and labels.max() >= pred_shape[1]:
+            raise ValueError(f"CrossEntropyLoss: labels must be in [0, {pred_shape[1]}), got "
+                             f"[{labels.min()}, {labels.max()}]")
 
     def __call__(self, pred, target):
         z = _checks.float_array(pred, "CrossEntropyLoss", "pred")
         labels = np.asarray(target)
-        if z.ndim != 2 or labels.shape != (z.shape[0],):
-            raise ValueError(f"CrossEntropyLoss: expected logits (N, K) and labels (N,), got "
-                             f"{z.shape} and {labels.shape}")
-        self.check_target(labels)
-        if labels.max() >= z.shape[1]:
-            raise ValueError(f"CrossEntropyLoss: labels must be in [0, {z.shape[1]}), got "
-                             f"[{labels.min()}, {labels.max()}]")
+        self.check_target(labels, z.shape)
         logp = log_softmax(z.astype(np.float64), axis=1)
         rows = np.arange(z.shape[0])
         self._cache = (z, labels, rows)

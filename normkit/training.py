@@ -138,7 +138,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     X, y : array_like
         Training inputs and targets (labels for CrossEntropyLoss, 0/1 values or probabilities
         for the BCE losses). All targets, the validation ones too, are checked before training
-        (``loss.check_target``), so a bad one raises before any state changes.
+        against the loss and the shape of the model's output (``loss.check_target(target,
+        pred_shape)``, where a loss defines it), so a bad one raises before any state changes.
     loss : loss object (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss)
     optimizer : SGD or Adam over ``model.parameters()``
     epochs, batch_size : int
@@ -176,9 +177,12 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
                              f"{len(validation[1])}")
     check_target = getattr(loss, "check_target", None)  # (custom loss objects may lack it)
     if check_target is not None:
-        check_target(y)
+        # The model's output width (the number of classes, say) is known only from a forward:
+        # two samples in eval mode, which updates no running statistics and draws no dropout.
+        sample_shape = predict(model, X[:2]).shape[1:]
+        check_target(y, (len(y),) + sample_shape)
         if validation is not None:
-            check_target(validation[1])
+            check_target(validation[1], (len(validation[1]),) + sample_shape)
     history = History(loss=[], accuracy=[], epoch_time=[])
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])

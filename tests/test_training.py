@@ -129,7 +129,9 @@ def _with_bad_last_sample(y, bad):
     (nk.BCELoss, 2.0, r"BCELoss: target must hold probabilities in \[0, 1\].*2\.0"),
     (nk.BCEWithLogitsLoss, np.nan, r"BCEWithLogitsLoss: target .* got a value of nan"),
     (nk.CrossEntropyLoss, -1, "CrossEntropyLoss: labels must be >= 0, got -1"),
-    (nk.CrossEntropyLoss, 0.5, "CrossEntropyLoss: labels must be integers")])
+    (nk.CrossEntropyLoss, 0.5, "CrossEntropyLoss: labels must be integers"),
+    # the model has 2 outputs: only a forward tells fit that label 2 is out of range
+    (nk.CrossEntropyLoss, 2, r"CrossEntropyLoss: labels must be in \[0, 2\), got \[0, 2\]")])
 @pytest.mark.parametrize("where", ["y", "y_val"])
 def test_fit_checks_every_target_before_training(make_loss, bad, message, where):
     # a bad target in the last batch must not leave the model trained on the batches before it
@@ -149,6 +151,32 @@ def test_fit_checks_every_target_before_training(make_loss, bad, message, where)
                epochs=1, batch_size=8, validation=(X, y_val), progress=False)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("make_loss, outputs, y_shape, message", [
+    (nk.BCELoss, 2, (40, 1), r"BCELoss: pred has shape \(40, 2\) but target has shape \(40, 1\)"),
+    (nk.MSELoss, 1, (40, 3), r"MSELoss: pred has shape \(40, 1\) but target has shape \(40, 3\)"),
+    (nk.CrossEntropyLoss, 1, (40, 2), r"CrossEntropyLoss: expected labels \(N,\), got shape \(40, 2\)")])
+@pytest.mark.parametrize("where", ["y", "y_val"])
+def test_fit_checks_targets_against_the_model_output_before_training(make_loss, outputs, y_shape,
+                                                                      message, where):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 4))
+    model = nk.Sequential(nk.Linear(4, 3, rng=rng), nk.BatchNorm(3), nk.Dropout(0.5),
+                          nk.Linear(3, outputs, rng=rng))
+    if make_loss is nk.CrossEntropyLoss:
+        good = rng.integers(0, outputs, 40)
+    else:
+        good = rng.integers(0, 2, (40, outputs)).astype(float)
+    bad = rng.integers(0, 2, y_shape)
+    y_fit, y_val = (bad, good) if where == "y" else (good, bad)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        nk.fit(model, X, y_fit, loss=make_loss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+               epochs=1, batch_size=8, validation=(X, y_val), progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert model.training
 
 
 def _small_problem(n=40):
