@@ -44,7 +44,17 @@ def info():
 
 
 def format_info(d=None):
-    """``info()`` as aligned ``key: value`` lines."""
+    """:func:`info` as aligned ``key : value`` lines.
+
+    Parameters
+    ----------
+    d : dict, optional
+        What :func:`info` returned; by default it is called.
+
+    Returns
+    -------
+    str
+    """
     d = info() if d is None else d
     width = max(map(len, d))
     return "\n".join(f"{k.ljust(width)} : {'not installed' if v is None else v}" for k, v in d.items())

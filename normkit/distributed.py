@@ -72,8 +72,18 @@ def agree(comm, error, op):
 class SyncBatchNorm(BatchNorm):
     """BatchNorm whose training statistics span every process of ``comm``.
 
-    Same arguments and behaviour as :class:`~normkit.BatchNorm`, plus ``comm`` (an mpi4py
-    communicator, default ``MPI.COMM_WORLD``). Local slices may differ in size, down to one
+    Parameters
+    ----------
+    num_features : int
+        Channels, C.
+    comm : mpi4py communicator, optional
+        The processes whose slices make up a batch; default ``MPI.COMM_WORLD``.
+    **kwargs
+        Any other :class:`~normkit.BatchNorm` argument (axis, eps, momentum, ...).
+
+    Notes
+    -----
+    Same behaviour as :class:`~normkit.BatchNorm` otherwise. Local slices may differ in size, down to one
     sample, as long as the whole batch has more than one value per channel. In eval mode, when
     frozen, and with a single process it communicates nothing. Weight and bias gradients are the
     local slice's contributions (sum them across processes, as :func:`normkit.fit` does with

@@ -207,8 +207,22 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend
 
 
 def layer_norm_backward(dy, saved):
-    """Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``, None where there was no
-    weight / bias; dweight and dbias have shape ``normalized_shape``."""
+    """Gradients of :func:`layer_norm`.
+
+    Parameters
+    ----------
+    dy : ndarray
+        Upstream gradient, the shape of the forward's output.
+    saved : LayerNormSaved
+        The second value the forward returned.
+
+    Returns
+    -------
+    dx : ndarray
+        Same shape and dtype as the forward's input.
+    dweight, dbias : ndarray of shape ``normalized_shape`` or None
+        None where the forward had no weight / bias.
+    """
     op = "layer_norm_backward"
     if not isinstance(saved, LayerNormSaved):
         raise TypeError(f"{op}: saved must be what layer_norm returned, got {type(saved).__name__}")

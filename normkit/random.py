@@ -13,7 +13,18 @@ _generator = np.random.default_rng()
 
 
 def manual_seed(seed):
-    """Re-seed the global generator; returns it."""
+    """Re-seed normkit's global generator (Dropout masks, Linear initialisation).
+
+    Parameters
+    ----------
+    seed : int, sequence of int or None
+        Anything :func:`numpy.random.default_rng` takes; None seeds from the OS.
+
+    Returns
+    -------
+    numpy.random.Generator
+        The new global generator.
+    """
     global _generator
     _generator = np.random.default_rng(seed)
     return _generator

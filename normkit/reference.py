@@ -10,6 +10,8 @@ import numpy as np
 from ._running import update_running_stats
 from ._saved import BatchNormSaved, LayerNormSaved, param_dtype
 
+__all__ = ["batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward"]
+
 
 def _per_channel(v, axis, ndim):
     """Reshape a per-channel vector (C,) so it broadcasts along ``axis`` of an ndim-array."""

@@ -148,8 +148,15 @@ def _check_layer(layer, index):
 
 
 class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse. State-dict keys are prefixed by
-    the layer's index (``"1.running_mean"``), as in PyTorch."""
+    """Layers applied in order; backward runs them in reverse.
+
+    Parameters
+    ----------
+    *layers : Module
+        The layers, in the order their forwards run. State-dict keys are prefixed by the
+        layer's index (``"1.running_mean"``), as in PyTorch; indexing gives a layer, slicing a
+        Sequential of the same layer objects.
+    """
 
     def __init__(self, *layers):
         super().__init__()

@@ -23,7 +23,14 @@ def _unusable(value, current):
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape and dtype, starting at zero)."""
+    """A trainable array and its gradient.
+
+    Parameters
+    ----------
+    data : array_like
+        The initial values, kept as ``.data`` (an ndarray); ``.grad`` is a zero array of the
+        same shape and dtype, into which layers' ``backward`` add their gradients.
+    """
 
     def __init__(self, data):
         self.data = np.asarray(data)
