@@ -4,9 +4,9 @@ import numpy as np
 
 BACKENDS = ("auto", "numba", "numpy", "cuda")
 
-CUDA_INSTALL_HINT = ("install the CUDA extra: pip install 'normkit[cuda]' (numba-cuda; on a GPU "
-                     "machine add the toolkit, e.g. pip install 'numba-cuda[cu12]'), or set "
-                     "NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator")
+CUDA_INSTALL_HINT = ("install the CUDA extra: pip install 'normkit[cuda13]' on a GPU machine "
+                     "('normkit[cuda12]' for a CUDA 12 driver), or pip install 'normkit[cuda]' and "
+                     "set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator")
 
 
 def is_numba_device_array(x):

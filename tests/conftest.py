@@ -51,12 +51,11 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: start it only if it will run
 def pytest_collection_modifyitems(config, items):
-    """Start the simulator run of tests/cuda now if its test was selected (it then overlaps with
-    the rest of the suite instead of adding ~3 minutes at the end)."""
+    """Start the simulator run of tests/cuda now if a test that needs it was selected (it then
+    overlaps with the rest of the suite instead of adding ~3 minutes at the end)."""
     if config.option.collectonly:
         return
     for item in items:
-        if item.name == "test_cuda_kernels_under_the_simulator":
-            config.stash[item.module.SIMULATOR_RUN] = item.module.SimulatorRun()
-            config.add_cleanup(config.stash[item.module.SIMULATOR_RUN].stop)
+        if hasattr(item.module, "simulator_run"):  # tests/test_cuda_simulator.py
+            item.module.simulator_run(config)
             return
