@@ -5,11 +5,12 @@ tests/test_cuda_simulator.py, in its own process: NUMBA_ENABLE_CUDASIM must be u
 
 LAUNCHES is the pickled list of (module, kernel name, argument types) that tests/cuda/conftest.py
 recorded under the simulator; each is compiled for compute capability MAJOR.MINOR with the
-kernel's own options, as numba-cuda's dispatcher would compile it on first launch. Also checks
-that every kernel (every ``@cuda.jit`` function but device functions) in normkit's CUDA modules
-was launched. Prints one line per kernel and ``compiled N signatures of K kernels``; exits
-non-zero if a kernel does not compile or was never launched, and with NO_COMPILER (77) if
-numba-cuda's GPU compiler (NVVM and NVRTC: ``pip install "numba-cuda[cu13]"``) is not installed.
+kernel's own options, as numba-cuda's dispatcher would compile it on first launch; the
+``*_vec4_*`` kernels must load and store 16 bytes at a time. Also checks that every kernel
+(every ``@cuda.jit`` function but device functions) in normkit's CUDA modules was launched.
+Prints one line per signature and ``compiled N signatures of K kernels``; exits non-zero if a
+kernel does not compile or was never launched, and with NO_COMPILER (77) if numba-cuda's GPU
+compiler (NVVM and NVRTC: ``pip install "numba-cuda[cu13]"``) is not installed.
 """
 
 import importlib
@@ -70,6 +71,8 @@ def main(record_file, cc_text):
                                       lineinfo=options["lineinfo"], fastmath=options["fastmath"],
                                       opt=options["opt"])
             assert ".entry" in ptx, "no kernel entry point in the PTX"
+            if "vec4" in name:  # what these kernels exist for (normkit/kernels/cuda/_vector_io.py)
+                assert "ld.global.v4" in ptx and "st.global.v4" in ptx, "no 16-byte loads and stores"
             compiled.add((module, name))
             print(f"ok      {module}.{name}{argtypes}")
         except Exception as exc:
