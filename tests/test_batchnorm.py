@@ -103,6 +103,24 @@ def test_without_affine_and_running_stats(rng, kernel_build, bn_passes, affine):
     assert (dk[1] is None) == (not affine)
 
 
+@pytest.mark.parametrize("weight,bias", [(False, False), (True, False), (False, True)])
+def test_eval_mode_without_some_affine_parameters(rng, kernel_build, bn_passes, weight, bias):
+    # eval mode without weight and bias is dx = dy * rstd, a backward that takes no sums
+    x = rng.standard_normal((20, 6, 5)) * 2 + 1
+    c = 6
+    w = rng.standard_normal(c) if weight else None
+    b = rng.standard_normal(c) if bias else None
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    yk, sk = F.batch_norm(x, rm.copy(), rv.copy(), w, b)
+    yr, sr = R.batch_norm(x, rm.copy(), rv.copy(), w, b)
+    np.testing.assert_allclose(yk, yr, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(x.shape)
+    for got, want in zip(F.batch_norm_backward(dy, sk), R.batch_norm_backward(dy, sr)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
                                         ((2, 8, 33), 1)])

@@ -90,6 +90,11 @@ def test_backward_rejects_wrong_dy(backend):
     _, saved = F.layer_norm(np.ones((4, 3)), 3, backend=backend)
     with pytest.raises(TypeError, match="dy must be a float32 or float64"):
         F.layer_norm_backward(np.ones((4, 3), int), saved)
+    with pytest.raises(ValueError, match=r"layer_norm_backward: dy has shape \(4, 1, 3\) but the "
+                                         r"forward's input had shape \(4, 3\)"):
+        F.layer_norm_backward(np.ones((4, 1, 3)), saved)  # NumPy would broadcast it
+    with pytest.raises(TypeError, match="saved must be what layer_norm returned, got BatchNormSaved"):
+        F.layer_norm_backward(np.ones((4, 3)), F.batch_norm(np.ones((4, 3)), None, None, training=True)[1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -106,6 +106,16 @@ def test_loss_errors():
         nk.BCELoss()(np.array([[1.5], [1.0]]), np.ones((2, 1)))
     # a diverged model's NaN output gives a NaN loss (to be seen in the history), not an error
     assert np.isnan(nk.BCELoss()(np.array([[np.nan], [0.5]]), np.ones((2, 1))))
+    with pytest.raises(TypeError, match="BCEWithLogitsLoss: target must hold real numbers, got dtype complex128"):
+        nk.BCEWithLogitsLoss()(np.zeros((2, 1)), np.ones((2, 1), complex))
+    with pytest.raises(ValueError, match=r"expected logits \(N, K\) and labels \(N,\), got \(4,\) and \(4,\)"):
+        nk.CrossEntropyLoss()(np.zeros(4), np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"expected logits \(N, K\) and labels \(N,\), got \(4, 3\) and \(5,\)"):
+        nk.CrossEntropyLoss()(np.zeros((4, 3)), np.zeros(5, int))
+    # without the predictions' shape, check_target checks what it can: label values and dtype
+    nk.CrossEntropyLoss().check_target(np.array([0, 7, 2]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got \[0, 7\]"):
+        nk.CrossEntropyLoss().check_target(np.array([0, 7, 2]), (3, 3))
 
 
 @pytest.mark.parametrize("make_loss", [nk.BCELoss, nk.BCEWithLogitsLoss])
@@ -186,6 +196,22 @@ def _small_problem(n=40):
     return model, X, y
 
 
+def test_evaluate_is_what_fit_reports_for_validation():
+    model, X, y = _small_problem()
+    Xv, yv = X[:20], y[:20]
+    hist = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+                  epochs=2, batch_size=8, validation=(Xv, yv), progress=False)
+    loss, acc = nk.evaluate(model, Xv, yv, nk.BCELoss(), batch_size=7)  # in several batches
+    assert (loss, acc) == (hist["val_loss"][-1], hist["val_accuracy"][-1])
+    assert model.training  # eval mode only for the call
+    model.eval()
+    pred = model(Xv)
+    assert loss == pytest.approx(-np.mean(yv * np.log(pred) + (1 - yv) * np.log(1 - pred)), rel=1e-6)
+    assert acc == np.mean((pred > 0.5) == (yv > 0.5))
+    with pytest.raises(ValueError, match="evaluate: X has 20 samples but y has 19"):
+        nk.evaluate(model, Xv, yv[:19], nk.BCELoss())
+
+
 def test_fit_takes_nested_lists_as_arrays():
     model, X, y = _small_problem()
     h_arrays = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
@@ -208,6 +234,7 @@ def test_fit_takes_nested_lists_as_arrays():
     (dict(validation=(np.zeros((3, 4)), np.zeros((2, 1)))), "fit: X_val has 3 samples but y_val has 2"),
     (dict(X=np.zeros((0, 4)), y=np.zeros((0, 1))), r"fit: X must hold samples along its first axis, got shape \(0, 4\)"),
     (dict(y=np.float64(1.0)), r"fit: y must hold samples along its first axis, got shape \(\)"),
+    (dict(y=np.zeros((39, 1))), "fit: X has 40 samples but y has 39"),
 ])
 def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
     model, X, y = _small_problem()
