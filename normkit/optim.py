@@ -36,6 +36,8 @@ class Optimizer:
         if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):
             raise ValueError(f"{name}: lr must be a finite number > 0, got {lr!r}")
         self.lr = float(lr)
+        # what the optimiser's state (momentum buffers, moments) was made for
+        self._layouts = [(p.data.shape, p.data.dtype) for p in self.params]
 
     def zero_grad(self):
         """Set every parameter's gradient to zero."""
@@ -45,6 +47,31 @@ class Optimizer:
     def step(self):
         """Update every parameter from its gradient (call after ``model.backward``)."""
         raise NotImplementedError
+
+    def _flat_arrays(self):
+        """Every parameter's data and gradient as flat arrays, all checked before a step changes
+        anything. Why: the fused update kernels index the optimiser's state by the parameter's
+        size without bounds checks, so a parameter whose ``.data`` was replaced by a larger
+        array would have its step write past that state (heap corruption, seen as a crash
+        later); and a step that raises half way would have updated only some parameters."""
+        name = type(self).__name__
+        arrays = []
+        for i, (p, (shape, dtype)) in enumerate(zip(self.params, self._layouts)):
+            data, grad = p.data, p.grad
+            if not (isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype):
+                raise ValueError(f"{name}: params[{i}].data is now {_described(data)}, but the "
+                                 f"optimiser was made for {dtype} of shape {shape}: make a new "
+                                 "optimiser after changing a parameter's shape or dtype")
+            if not (isinstance(grad, np.ndarray) and grad.shape == shape):
+                raise ValueError(f"{name}: params[{i}].grad is {_described(grad)}, but its data "
+                                 f"has shape {shape}")
+            if grad.dtype not in _checks.FLOAT_DTYPES:
+                raise TypeError(f"{name}: params[{i}].grad must be float32 or float64, got {grad.dtype}")
+            if not (data.flags.c_contiguous and grad.flags.c_contiguous and data.flags.writeable):
+                raise ValueError(f"{name}: params[{i}].data and .grad must be C-contiguous and "
+                                 "the data writeable (the update is in place)")
+            arrays.append((data.reshape(-1), grad.reshape(-1)))
+        return arrays
 
     def _hyper(self, value, name, high=math.inf):
         """A hyper-parameter in [0, high), checked."""
@@ -74,9 +101,8 @@ class SGD(Optimizer):
         self._steps = 0
 
     def step(self):
-        for p, buf in zip(self.params, self._buf):
-            sgd_update(_flat(p.data), _flat(p.grad), buf, self.lr, self.momentum,
-                       self.weight_decay, self._steps == 0)
+        for (data, grad), buf in zip(self._flat_arrays(), self._buf):
+            sgd_update(data, grad, buf, self.lr, self.momentum, self.weight_decay, self._steps == 0)
         self._steps += 1
 
 
@@ -112,17 +138,16 @@ class Adam(Optimizer):
         self._t = 0
 
     def step(self):
+        arrays = self._flat_arrays()
         self._t += 1
         bias1 = 1 - self.beta1 ** self._t
         bias2 = 1 - self.beta2 ** self._t
-        for p, m, v in zip(self.params, self._m, self._v):
-            adam_update(_flat(p.data), _flat(p.grad), m, v, self.lr, self.beta1, self.beta2,
-                        bias1, bias2, self.eps, self.weight_decay)
+        for (data, grad), m, v in zip(arrays, self._m, self._v):
+            adam_update(data, grad, m, v, self.lr, self.beta1, self.beta2, bias1, bias2, self.eps,
+                        self.weight_decay)
 
 
-def _flat(a):
-    """A 1-D view of a parameter array (parameters are contiguous: they are created so)."""
-    flat = a.reshape(-1)
-    if not np.shares_memory(flat, a):
-        raise ValueError("optimiser: parameter arrays must be contiguous")
-    return flat
+def _described(a):
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} of shape {a.shape}"
+    return f"a {type(a).__name__}"

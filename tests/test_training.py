@@ -294,6 +294,35 @@ def test_optimisers_take_each_parameter_once(opt_name):
         getattr(nk, opt_name)([layer.weight, layer.bias.data], lr=0.1)
 
 
+@pytest.mark.parametrize("opt_name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))])
+@pytest.mark.parametrize("change,exc,message", [
+    # a larger array in place of a parameter: the step would have written past the optimiser's
+    # state (heap corruption, a crash later); now it raises and changes nothing
+    (lambda p: setattr(p, "data", np.ones((40, 30), np.float32)), ValueError,
+     r"params\[1\]\.data is now float32 of shape \(40, 30\), but the optimiser was made for float32 of "
+     r"shape \(2, 3\): make a new optimiser"),
+    (lambda p: setattr(p, "data", p.data.astype(np.float64)), ValueError, r"params\[1\]\.data is now float64"),
+    (lambda p: setattr(p, "grad", np.ones(7, np.float32)), ValueError,
+     r"params\[1\]\.grad is float32 of shape \(7,\), but its data has shape \(2, 3\)"),
+    (lambda p: setattr(p, "grad", np.ones((2, 3), int)), TypeError, r"params\[1\]\.grad must be float32 or float64"),
+    (lambda p: setattr(p, "data", np.ones((3, 2), np.float32).T), ValueError, "must be C-contiguous"),
+])
+def test_optimiser_step_checks_every_parameter_before_changing_any(opt_name, kwargs, change, exc, message):
+    model = nk.Sequential(nk.Linear(2, 2), nk.Linear(3, 2))
+    params = [model[0].weight, model[1].weight, model[0].bias, model[1].bias]
+    optimizer = getattr(nk, opt_name)(params, **kwargs)
+    for p in params:
+        p.grad[...] = 1.0
+    optimizer.step()  # a first step works
+    change(params[1])
+    before = [p.data.copy() for p in params]
+    with pytest.raises(exc, match=message):
+        optimizer.step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)  # params[0] first in the list: not updated
+    assert getattr(optimizer, "_t", getattr(optimizer, "_steps", None)) == 1
+
+
 def test_datasets_are_standardised_splits():
     X, y, Xv, yv = datasets.load_breast_cancer()
     assert X.shape[1] == 30 and len(X) + len(Xv) == 569 and y.shape == (len(X), 1)
