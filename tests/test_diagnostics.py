@@ -98,6 +98,56 @@ def test_population_stats_of_a_channels_last_batchnorm(rng):
     np.testing.assert_allclose(model[0].running_var, X.reshape(-1, 3).var(axis=0, ddof=1), rtol=1e-12)
 
 
+class _Scale(nk.Module):
+    """x * factor: with an infinite factor, the next layer's input is not finite."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+    def backward(self, dy):
+        return dy * self.factor
+
+
+@pytest.mark.parametrize("where", ["first layer", "later layer", "one sample"])
+def test_set_population_stats_changes_nothing_when_a_layer_cannot_take_them(rng, where):
+    # NaN in the data (or after a layer) would have become NaN running statistics, which eval
+    # mode turns into NaN outputs: refused, as a training batch with NaN statistics is, and the
+    # layers before the bad one are put back too
+    model = nk.Sequential(nk.BatchNorm(4, dtype=np.float64), _Scale(1.0), nk.BatchNorm(4, dtype=np.float64))
+    X = rng.standard_normal((30, 4)) * 3 + 1
+    model(X)  # running statistics away from their start
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    if where == "first layer":
+        X[7, 2] = np.nan
+        message = r"the input of layer 0 \(BatchNorm\) has NaN or inf statistics in 1 of 4 channels"
+    elif where == "later layer":
+        model[1].factor = np.inf
+        message = r"the input of layer 2 \(BatchNorm\) has NaN or inf statistics in 4 of 4 channels"
+    else:
+        X = X[:1]
+        message = "layer 0 \\(BatchNorm\\) sees one value per channel"
+    with pytest.raises(ValueError, match=message):
+        diagnostics.set_population_stats(model, X)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert model.training
+
+
+def test_recorder_names_layers_and_units_the_model_does_not_have(rng):
+    model = nk.seed_model(6, 3, norm="batch", hidden=8, rng=rng)
+    probe = rng.standard_normal((10, 6)).astype(np.float32)
+    assert len(model) == 13
+    with pytest.raises(ValueError, match=r"the model has 13 layers, no layer 13 \(for 'last'\)"):
+        diagnostics.ActivationRecorder(probe, {"first": 0, "last": 13}).record(model, 0)
+    with pytest.raises(ValueError, match=r"units \(0, 8\) asked of layer 'l2', whose input has 8 units"):
+        diagnostics.ActivationRecorder(probe, {"l2": 4}, units=(0, 8)).record(model, 0)
+    assert model.training
+
+
 @pytest.mark.parametrize("name", sorted(diagnostics.EXPERIMENTS))
 def test_experiments_quick_table_and_figure(name, tmp_path):
     result = diagnostics.run(name, quick=True, seed=1)

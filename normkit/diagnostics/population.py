@@ -19,28 +19,49 @@ def _bn_inputs(model, X, *, update=False):
     """[(layer, its input as float64)] for each BatchNorm layer of the Sequential ``model``
     that keeps running statistics, for the input ``X`` in eval mode (the mode is restored).
     With ``update=True`` each such layer's running statistics are set to the population
-    statistics of its input before it is applied, so that later layers see the new ones."""
+    statistics of its input before it is applied, so that later layers see the new ones; if
+    any layer's cannot be (statistics that are not finite, one value per channel) or anything
+    raises, every layer's running statistics are put back as they were."""
     was_training = model.training
     model.eval()
     seen = []
+    before = []  # (layer, running mean, running var) as they were, for an update that fails
     try:
         x = X
-        for layer in model:
+        for index, layer in enumerate(model):
             if isinstance(layer, BatchNorm) and layer.track_running_stats:
                 xd = np.asarray(x, dtype=np.float64)
                 if update:
-                    layer.running_mean[...], layer.running_var[...] = _population_stats(xd, layer.axis)
+                    before.append((layer, layer.running_mean.copy(), layer.running_var.copy()))
+                    mean, var = _population_stats(xd, layer.axis, index)
+                    layer.running_mean[...], layer.running_var[...] = mean, var
                 seen.append((layer, xd))
             x = layer(x)
+    except BaseException:
+        for layer, mean, var in before:
+            layer.running_mean[...], layer.running_var[...] = mean, var
+        raise
     finally:
         model.train(was_training)
     return seen
 
 
-def _population_stats(x, axis):
-    """Per-channel mean and unbiased variance of ``x`` over every axis but ``axis``."""
+def _population_stats(x, axis, index=None):
+    """Per-channel mean and unbiased variance of ``x`` over every axis but ``axis``; with the
+    layer's ``index`` (for the message), a ValueError where they are no running statistics an
+    eval-mode layer could use (NaN or inf in the data, a single value per channel)."""
     channels_last = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
-    return channels_last.mean(axis=0), channels_last.var(axis=0, ddof=1)
+    if index is not None and len(channels_last) < 2:
+        raise ValueError(f"set_population_stats: layer {index} (BatchNorm) sees one value per "
+                         "channel: a variance needs more than 1 value per channel")
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean, var = channels_last.mean(axis=0), channels_last.var(axis=0, ddof=1)
+    if index is not None and not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        bad = int(np.count_nonzero(~(np.isfinite(mean) & np.isfinite(var))))
+        raise ValueError(f"set_population_stats: the input of layer {index} (BatchNorm) has NaN "
+                         f"or inf statistics in {bad} of {mean.size} channels; no running "
+                         "statistics were changed")
+    return mean, var
 
 
 def running_stats_gap(model, X):
@@ -88,6 +109,13 @@ def set_population_stats(model, X):
     -------
     Sequential
         ``model``.
+
+    Raises
+    ------
+    ValueError
+        Where a layer's input has NaN or inf statistics, or one value per channel: the running
+        statistics of every layer are then left as they were (as a training batch with NaN
+        statistics leaves them).
     """
     _bn_inputs(model, X, update=True)
     return model

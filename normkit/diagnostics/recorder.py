@@ -38,6 +38,10 @@ class ActivationRecorder:
     def inputs(self, model):
         """{name: input array of that layer} for the probe batch (eval mode, mode restored)."""
         wanted = {index: name for name, index in self.layers.items()}
+        missing = sorted(i for i in wanted if not 0 <= i < len(model))
+        if missing:  # else they would record nothing, silently
+            raise ValueError(f"ActivationRecorder: the model has {len(model)} layers, no layer "
+                             f"{missing[0]} (for {wanted[missing[0]]!r})")
         seen = {}
         was_training = model.training
         model.eval()
@@ -55,6 +59,9 @@ class ActivationRecorder:
         """Append the statistics of each chosen layer's input on the probe, labelled ``epoch``."""
         for name, x in self.inputs(model).items():
             x2 = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+            if max(self.units, default=-1) >= x2.shape[1]:
+                raise ValueError(f"ActivationRecorder: units {self.units} asked of layer {name!r}, "
+                                 f"whose input has {x2.shape[1]} units")
             self.records.append({
                 "epoch": epoch, "layer": name, "mean": float(x2.mean()), "std": float(x2.std()),
                 "unit_percentiles": np.percentile(x2[:, list(self.units)], self.percentiles, axis=0).T,
