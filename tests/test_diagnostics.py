@@ -137,6 +137,38 @@ def test_set_population_stats_changes_nothing_when_a_layer_cannot_take_them(rng,
     assert model.training
 
 
+def test_population_stats_reach_batchnorms_in_nested_sequentials(rng):
+    flat = _trained_a_little(rng)
+    nested = nk.Sequential(nk.Sequential(*flat.layers[:3]), nk.Sequential(nk.Sequential(*flat.layers[3:6])),
+                           flat.layers[6])  # the same layer objects, grouped
+    X = rng.standard_normal((50, 6))
+    gaps = diagnostics.running_stats_gap(nested, X)
+    assert len(gaps) == 2 and gaps == diagnostics.running_stats_gap(flat, X)
+    diagnostics.set_population_stats(nested, X)
+    for bn, h in _bn_inputs_directly(flat, X):
+        np.testing.assert_allclose(bn.running_var, h.var(axis=0, ddof=1), rtol=1e-12)
+
+
+class _Block(nk.Module):
+    """A layer with its own forward around a BatchNorm: its input is out of reach."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nk.BatchNorm(6, dtype=np.float64)
+
+    def children(self):
+        return [("norm", self.norm)]
+
+    def forward(self, x):
+        return self.norm(x) * 2
+
+
+def test_population_stats_refuse_a_batchnorm_they_cannot_reach(rng):
+    model = nk.Sequential(nk.Linear(6, 6, rng=rng, dtype=np.float64), _Block())
+    with pytest.raises(ValueError, match=r"layer 1 \(_Block\) holds a BatchNorm that is not reached"):
+        diagnostics.running_stats_gap(model, rng.standard_normal((10, 6)))
+
+
 def test_recorder_names_layers_and_units_the_model_does_not_have(rng):
     model = nk.seed_model(6, 3, norm="batch", hidden=8, rng=rng)
     probe = rng.standard_normal((10, 6)).astype(np.float32)

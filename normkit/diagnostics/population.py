@@ -12,12 +12,35 @@ difference; :func:`set_population_stats` replaces the running statistics by the 
 
 import numpy as np
 
-from ..nn import BatchNorm
+from ..nn import BatchNorm, Sequential
+
+
+def _layers_in_order(model, prefix=""):
+    """(name, layer) of every layer ``model`` (a Sequential, maybe of Sequentials) applies, in
+    order, nested Sequentials opened (``"0.1"``: layer 1 of layer 0, the state-dict prefix)."""
+    for i, layer in enumerate(model):
+        name = f"{prefix}{i}"
+        if isinstance(layer, Sequential):
+            yield from _layers_in_order(layer, name + ".")
+            continue
+        if not isinstance(layer, BatchNorm) and any(_batchnorms_within(layer)):
+            # its forward is its own: the input of a BatchNorm inside cannot be seen from here
+            raise ValueError(f"layer {name} ({type(layer).__name__}) holds a BatchNorm that "
+                             "is not reached through Sequentials; its input cannot be measured")
+        yield name, layer
+
+
+def _batchnorms_within(module):
+    for _, child in module.children():
+        if isinstance(child, BatchNorm):
+            yield child
+        yield from _batchnorms_within(child)
 
 
 def _bn_inputs(model, X, *, update=False):
     """[(layer, its input as float64)] for each BatchNorm layer of the Sequential ``model``
-    that keeps running statistics, for the input ``X`` in eval mode (the mode is restored).
+    (nested Sequentials included) that keeps running statistics, for the input ``X`` in eval
+    mode (the mode is restored).
     With ``update=True`` each such layer's running statistics are set to the population
     statistics of its input before it is applied, so that later layers see the new ones; if
     any layer's cannot be (statistics that are not finite, one value per channel) or anything
@@ -28,12 +51,12 @@ def _bn_inputs(model, X, *, update=False):
     before = []  # (layer, running mean, running var) as they were, for an update that fails
     try:
         x = X
-        for index, layer in enumerate(model):
+        for name, layer in _layers_in_order(model):
             if isinstance(layer, BatchNorm) and layer.track_running_stats:
                 xd = np.asarray(x, dtype=np.float64)
                 if update:
                     before.append((layer, layer.running_mean.copy(), layer.running_var.copy()))
-                    mean, var = _population_stats(xd, layer.axis, index)
+                    mean, var = _population_stats(xd, layer.axis, name)
                     layer.running_mean[...], layer.running_var[...] = mean, var
                 seen.append((layer, xd))
             x = layer(x)
@@ -46,19 +69,19 @@ def _bn_inputs(model, X, *, update=False):
     return seen
 
 
-def _population_stats(x, axis, index=None):
+def _population_stats(x, axis, name=None):
     """Per-channel mean and unbiased variance of ``x`` over every axis but ``axis``; with the
-    layer's ``index`` (for the message), a ValueError where they are no running statistics an
+    layer's ``name`` (for the message), a ValueError where they are no running statistics an
     eval-mode layer could use (NaN or inf in the data, a single value per channel)."""
     channels_last = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
-    if index is not None and len(channels_last) < 2:
-        raise ValueError(f"set_population_stats: layer {index} (BatchNorm) sees one value per "
+    if name is not None and len(channels_last) < 2:
+        raise ValueError(f"set_population_stats: layer {name} (BatchNorm) sees one value per "
                          "channel: a variance needs more than 1 value per channel")
     with np.errstate(invalid="ignore", over="ignore"):
         mean, var = channels_last.mean(axis=0), channels_last.var(axis=0, ddof=1)
-    if index is not None and not (np.isfinite(mean).all() and np.isfinite(var).all()):
+    if name is not None and not (np.isfinite(mean).all() and np.isfinite(var).all()):
         bad = int(np.count_nonzero(~(np.isfinite(mean) & np.isfinite(var))))
-        raise ValueError(f"set_population_stats: the input of layer {index} (BatchNorm) has NaN "
+        raise ValueError(f"set_population_stats: the input of layer {name} (BatchNorm) has NaN "
                          f"or inf statistics in {bad} of {mean.size} channels; no running "
                          "statistics were changed")
     return mean, var
@@ -71,6 +94,7 @@ def running_stats_gap(model, X):
     Parameters
     ----------
     model : Sequential
+        Its BatchNorm layers, those in nested Sequentials too, in the order they run.
     X : ndarray
         The data (usually the training set), pushed through ``model`` in eval mode, what
         inference will feed each layer; the model's mode is restored.
@@ -101,7 +125,8 @@ def set_population_stats(model, X):
     Parameters
     ----------
     model : Sequential
-        Changed in place (its running statistics; not its mode).
+        Changed in place (the running statistics of its BatchNorm layers, those in nested
+        Sequentials too; not its mode).
     X : ndarray
         The data, usually the training set (in one array: its statistics are exact).
 
