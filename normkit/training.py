@@ -137,9 +137,11 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     model : Module
     X, y : array_like
         Training inputs and targets (labels for CrossEntropyLoss, 0/1 values or probabilities
-        for the BCE losses). All targets, the validation ones too, are checked before training
+        for the BCE losses). Before anything trains, two samples of X (and of X_val) go
+        through the model in eval mode, and all targets, the validation ones too, are checked
         against the loss and the shape of the model's output (``loss.check_target(target,
-        pred_shape)``, where a loss defines it), so a bad one raises before any state changes.
+        pred_shape)``, where a loss defines it): inputs or targets that do not fit raise before
+        any state changes.
     loss : loss object (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss)
     optimizer : SGD or Adam over ``model.parameters()``
     epochs, batch_size : int
@@ -175,11 +177,15 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         if len(validation[0]) != len(validation[1]):
             raise ValueError(f"fit: X_val has {len(validation[0])} samples but y_val has "
                              f"{len(validation[1])}")
+    callbacks = _callables(callbacks)
+    # One forward of two samples of each input, in eval mode (which updates no running
+    # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
+    # output (the number of classes, say) before anything trains.
+    sample_shape = predict(model, X[:2]).shape[1:]
+    if validation is not None:
+        predict(model, validation[0][:2])
     check_target = getattr(loss, "check_target", None)  # (custom loss objects may lack it)
     if check_target is not None:
-        # The model's output width (the number of classes, say) is known only from a forward:
-        # two samples in eval mode, which updates no running statistics and draws no dropout.
-        sample_shape = predict(model, X[:2]).shape[1:]
         check_target(y, (len(y),) + sample_shape)
         if validation is not None:
             check_target(validation[1], (len(validation[1]),) + sample_shape)
@@ -235,6 +241,21 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             if progress:
                 print(_progress_line(epoch, epochs, history), file=sys.stdout, flush=True)
     return history
+
+
+def _callables(callbacks):
+    """``callbacks`` as a list, each checked to be callable (a mistake found after the first
+    epoch had trained is found too late)."""
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(f"fit: callbacks must be a list of callables, got a "
+                        f"{type(callbacks).__name__}") from None
+    for i, callback in enumerate(callbacks):
+        if not callable(callback):
+            raise TypeError(f"fit: callbacks[{i}] is not callable, got {callback!r} (each is "
+                            "called as callback(epoch, model, history))")
+    return callbacks
 
 
 def _progress_line(epoch, epochs, history):

@@ -235,6 +235,11 @@ def test_fit_takes_nested_lists_as_arrays():
     (dict(X=np.zeros((0, 4)), y=np.zeros((0, 1))), r"fit: X must hold samples along its first axis, got shape \(0, 4\)"),
     (dict(y=np.float64(1.0)), r"fit: y must hold samples along its first axis, got shape \(\)"),
     (dict(y=np.zeros((39, 1))), "fit: X has 40 samples but y has 39"),
+    # found by a forward of two samples before training, not after the first epoch
+    (dict(validation=(np.zeros((10, 5)), np.zeros((10, 1)))),
+     r"Linear: expected input with 4 features on the last axis, got shape \(2, 5\)"),
+    (dict(callbacks=[print, 1]), r"fit: callbacks\[1\] is not callable, got 1"),
+    (dict(callbacks=print), r"fit: callbacks must be a list of callables, got a builtin_function"),
 ])
 def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
     model, X, y = _small_problem()
@@ -242,7 +247,7 @@ def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
     args = dict(X=X, y=y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1), epochs=2,
                 batch_size=8, progress=False)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         nk.fit(model, args.pop("X"), args.pop("y"), **args)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
