@@ -42,11 +42,17 @@ def _cmd_experiment(args):
     import os
 
     from . import diagnostics
+    if not args.no_plot:  # before the experiment, not after its minutes of training
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            print(f"normkit experiment: cannot make the folder --out {args.out}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
     result = diagnostics.run(args.name, quick=args.quick, seed=args.seed)
     print(result.table())
     if not args.no_plot:
         try:
-            os.makedirs(args.out, exist_ok=True)
             path = diagnostics.plot(result, os.path.join(args.out, f"{args.name}.png"))
             print(f"figure: {path}")
         except ImportError as exc:
@@ -66,6 +72,17 @@ def _int_at_least(low):
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
     return parse
+
+
+def _writable_file(text):
+    """An argparse ``type`` for an output file, opened for appending (which changes no file
+    that exists) so that a path that cannot be written fails now, not after the run."""
+    try:
+        with open(text, "a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {exc.strerror}") from None
+    return text
 
 
 def _positive_float(text):
@@ -101,8 +118,8 @@ def build_parser():
                    help="timed rounds per case and pass (calls under ~10 ms get more, up to 10x)")
     p.add_argument("--quick", action="store_true", help="small cases, no start-up measurement")
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--json", help="also write the results as JSON here")
-    p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.add_argument("--json", type=_writable_file, help="also write the results as JSON here")
+    p.add_argument("--markdown", type=_writable_file, help="also write the table as Markdown here")
     p.set_defaults(func=_cmd_bench)
     from .diagnostics.experiments import EXPERIMENTS
     listing = "\n".join(f"  {name:14} {run.__doc__.splitlines()[0].rstrip('.')}"

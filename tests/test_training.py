@@ -357,11 +357,23 @@ def test_demo_command_prints_the_table(capsys):
     (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
     (["demo", "--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     (["bench", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    # before minutes of timing, not after them
+    (["bench", "--json", "{tmp}/missing/r.json"], "argument --json: cannot write {tmp}/missing/r.json: No such file"),
+    (["bench", "--markdown", "{tmp}"], "argument --markdown: cannot write {tmp}: Is a directory"),
 ])
-def test_bad_command_line_values_are_usage_errors(capsys, argv, message):
+def test_bad_command_line_values_are_usage_errors(capsys, tmp_path, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        cli.main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_info.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_experiment_output_folder_is_checked_before_the_experiment_runs(capsys, tmp_path, monkeypatch):
+    from normkit import diagnostics
+    monkeypatch.setattr(diagnostics, "run", lambda *a, **k: pytest.fail("the experiment ran"))
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "figures"  # under a file: no folder can be made there
+    assert cli.main(["experiment", "shift", "--quick", "--out", str(out)]) == 2
+    assert f"cannot make the folder --out {out}: Not a directory" in capsys.readouterr().err
 
 
 def test_demo_runs_as_a_module():
