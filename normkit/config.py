@@ -38,9 +38,25 @@
 
 import os
 
-PARALLEL_MIN_ELEMENTS = int(os.environ.get("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 19))
-OUTPUT_CACHE_BYTES = int(os.environ.get("NORMKIT_OUTPUT_CACHE_BYTES", 512 << 20))
+
+def _from_environment(name, default):
+    """The integer >= 0 in environment variable ``name``, or ``default`` where it is unset; a
+    ValueError naming the variable for anything else (int() alone would not say which)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"normkit: environment variable {name} must be an integer >= 0, got {text!r}")
+    return value
+
+
+PARALLEL_MIN_ELEMENTS = _from_environment("NORMKIT_PARALLEL_MIN_ELEMENTS", 1 << 19)
+OUTPUT_CACHE_BYTES = _from_environment("NORMKIT_OUTPUT_CACHE_BYTES", 512 << 20)
 OUTPUT_CACHE_MIN_BYTES = 32 << 20
-ONE_PASS_BYTES = int(os.environ.get("NORMKIT_ONE_PASS_BYTES", 1 << 20))
-STREAM_MIN_BYTES = int(os.environ.get("NORMKIT_STREAM_MIN_BYTES", 8 << 20))
-DEVICE_CACHE_BYTES = int(os.environ.get("NORMKIT_DEVICE_CACHE_BYTES", 2 << 30))
+ONE_PASS_BYTES = _from_environment("NORMKIT_ONE_PASS_BYTES", 1 << 20)
+STREAM_MIN_BYTES = _from_environment("NORMKIT_STREAM_MIN_BYTES", 8 << 20)
+DEVICE_CACHE_BYTES = _from_environment("NORMKIT_DEVICE_CACHE_BYTES", 2 << 30)

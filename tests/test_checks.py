@@ -136,3 +136,29 @@ def test_cuda_backend_error_or_device_arrays_refused_on_cpu():
     # "auto" never picks CUDA for NumPy input.
     _, saved = F.batch_norm(x + np.arange(4)[:, None], None, None, training=True, backend="auto")
     assert saved.backend == "numba"
+
+
+@pytest.fixture
+def reload_config(monkeypatch):
+    """config re-read from the environment the test sets; read again from the real one after."""
+    import importlib
+
+    from normkit import config
+    yield lambda: importlib.reload(config)
+    monkeypatch.undo()
+    importlib.reload(config)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1e3", ""])
+def test_bad_environment_settings_name_the_variable(monkeypatch, reload_config, value):
+    monkeypatch.setenv("NORMKIT_ONE_PASS_BYTES", value)
+    with pytest.raises(ValueError, match=f"environment variable NORMKIT_ONE_PASS_BYTES must be an "
+                                         f"integer >= 0, got '{value}'"):
+        reload_config()
+
+
+def test_environment_settings_are_read(monkeypatch, reload_config):
+    monkeypatch.setenv("NORMKIT_ONE_PASS_BYTES", "12345")
+    monkeypatch.setenv("NORMKIT_OUTPUT_CACHE_BYTES", "0")
+    config = reload_config()
+    assert (config.ONE_PASS_BYTES, config.OUTPUT_CACHE_BYTES, config.STREAM_MIN_BYTES) == (12345, 0, 8 << 20)
