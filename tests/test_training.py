@@ -212,6 +212,28 @@ def test_evaluate_is_what_fit_reports_for_validation():
         nk.evaluate(model, Xv, yv[:19], nk.BCELoss())
 
 
+class _HuberLoss:
+    """A loss of the user's own: a call and a backward, no check_target."""
+
+    def __call__(self, pred, target):
+        self._diff = pred - np.asarray(target).reshape(pred.shape)
+        return float(np.mean(np.where(np.abs(self._diff) < 1, 0.5 * self._diff ** 2, np.abs(self._diff) - 0.5)))
+
+    def backward(self):
+        return (np.clip(self._diff, -1, 1) / self._diff.size).astype(self._diff.dtype)
+
+
+def test_fit_takes_a_loss_of_ones_own():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((64, 3))
+    y = X @ np.array([[1.0], [-2.0], [0.5]])
+    model = nk.Sequential(nk.Linear(3, 8, rng=rng), nk.BatchNorm(8), nk.ReLU(), nk.Linear(8, 1, rng=rng))
+    hist = nk.fit(model, X, y, loss=_HuberLoss(), optimizer=nk.Adam(model.parameters(), lr=0.02),
+                  epochs=30, batch_size=16, validation=(X, y), progress=False)
+    assert hist["accuracy"] == [None] * 30 and hist["val_accuracy"] == [None] * 30
+    assert hist["val_loss"][-1] < 0.2 * hist["val_loss"][0]  # it learns
+
+
 def test_fit_takes_nested_lists_as_arrays():
     model, X, y = _small_problem()
     h_arrays = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
