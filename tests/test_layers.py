@@ -173,6 +173,22 @@ def test_sequential_slice_shares_layers(rng):
     assert isinstance(model[-1], nk.Sigmoid)
 
 
+def test_a_layer_cannot_be_used_twice_in_one_sequential():
+    # A layer keeps its last forward for its backward: a ReLU object used twice gave the first
+    # use the second's mask (dx off by 80% in a check by finite differences), silently.
+    act, lin = nk.ReLU(), nk.Linear(4, 4)
+    message = r"Sequential: item {} \({}\) is already used at item {}: a layer remembers"
+    with pytest.raises(ValueError, match=message.format(3, "ReLU", 1)):
+        nk.Sequential(nk.Linear(4, 4), act, nk.Linear(4, 4), act)
+    with pytest.raises(ValueError, match=message.format(1, "Linear", 0)):
+        nk.Sequential(nk.Sequential(lin, nk.ReLU()), lin)  # inside a nested Sequential too
+    model = nk.Sequential(nk.Linear(4, 4), act)
+    with pytest.raises(ValueError, match=message.format(2, "ReLU", 1)):
+        model.append(act)
+    assert len(model) == 2  # not appended
+    nk.Sequential(model, nk.Sequential(nk.Linear(4, 4), nk.ReLU()))  # distinct layers are fine
+
+
 def test_zero_grad_and_accumulation(rng):
     lin = nk.Linear(3, 2, rng=rng)
     x = rng.standard_normal((4, 3)).astype(np.float32)

@@ -147,6 +147,28 @@ def _check_layer(layer, index):
     return layer
 
 
+def _modules_within(module):
+    """``module`` and every module below it, depth first."""
+    yield module
+    for _, child in module.children():
+        yield from _modules_within(child)
+
+
+def _check_used_once(layers):
+    # A layer keeps what its last forward needs for its backward (its input, a ReLU's mask, a
+    # BatchNorm's statistics), so one applied twice in a pass would give the first use the
+    # second's: wrong gradients, silently. (PyTorch's autograd keeps one record per use.)
+    seen = {}
+    for index, layer in enumerate(layers):
+        for module in _modules_within(layer):
+            first = seen.setdefault(id(module), index)
+            if first != index:
+                raise ValueError(
+                    f"Sequential: item {index} ({type(module).__name__}) is already used at item "
+                    f"{first}: a layer remembers its last forward for its backward, so it cannot "
+                    "be applied twice in one pass; give each place its own layer")
+
+
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse.
 
@@ -162,11 +184,13 @@ class Sequential(Module):
         super().__init__()
         for i, layer in enumerate(layers):
             _check_layer(layer, i)
+        _check_used_once(layers)
         self.layers = list(layers)
 
     def append(self, layer):
         """Add ``layer`` at the end (it takes the next index in state-dict keys); returns self."""
-        self.layers.append(_check_layer(layer, len(self.layers)))
+        _check_used_once(self.layers + [_check_layer(layer, len(self.layers))])
+        self.layers.append(layer)
         return self
 
     def children(self):
