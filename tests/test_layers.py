@@ -186,7 +186,11 @@ def test_a_layer_cannot_be_used_twice_in_one_sequential():
     with pytest.raises(ValueError, match=message.format(2, "ReLU", 1)):
         model.append(act)
     assert len(model) == 2  # not appended
-    nk.Sequential(model, nk.Sequential(nk.Linear(4, 4), nk.ReLU()))  # distinct layers are fine
+    outer = nk.Sequential(model, nk.Sequential(nk.Linear(4, 4), nk.ReLU()))  # distinct layers are fine
+    # modules(): depth first, as PyTorch's
+    assert [type(m).__name__ for m in outer.modules()] == [
+        "Sequential", "Sequential", "Linear", "ReLU", "Sequential", "Linear", "ReLU"]
+    assert next(iter(outer.modules())) is outer and list(act.modules()) == [act]
 
 
 def test_zero_grad_and_accumulation(rng):

@@ -23,18 +23,12 @@ def _layers_in_order(model, prefix=""):
         if isinstance(layer, Sequential):
             yield from _layers_in_order(layer, name + ".")
             continue
-        if not isinstance(layer, BatchNorm) and any(_batchnorms_within(layer)):
+        holds_batchnorm = any(isinstance(m, BatchNorm) for m in layer.modules())
+        if holds_batchnorm and not isinstance(layer, BatchNorm):
             # its forward is its own: the input of a BatchNorm inside cannot be seen from here
             raise ValueError(f"layer {name} ({type(layer).__name__}) holds a BatchNorm that "
                              "is not reached through Sequentials; its input cannot be measured")
         yield name, layer
-
-
-def _batchnorms_within(module):
-    for _, child in module.children():
-        if isinstance(child, BatchNorm):
-            yield child
-        yield from _batchnorms_within(child)
 
 
 def _bn_inputs(model, X, *, update=False):

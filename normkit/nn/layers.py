@@ -147,20 +147,13 @@ def _check_layer(layer, index):
     return layer
 
 
-def _modules_within(module):
-    """``module`` and every module below it, depth first."""
-    yield module
-    for _, child in module.children():
-        yield from _modules_within(child)
-
-
 def _check_used_once(layers):
     # A layer keeps what its last forward needs for its backward (its input, a ReLU's mask, a
     # BatchNorm's statistics), so one applied twice in a pass would give the first use the
     # second's: wrong gradients, silently. (PyTorch's autograd keeps one record per use.)
     seen = {}
     for index, layer in enumerate(layers):
-        for module in _modules_within(layer):
+        for module in layer.modules():
             first = seen.setdefault(id(module), index)
             if first != index:
                 raise ValueError(

@@ -119,6 +119,12 @@ class Module:
         """Direct sub-layers, as (name, module) pairs."""
         return []
 
+    def modules(self):
+        """This module and every module below it, depth first (as PyTorch's ``modules()``)."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
     def _own_parameters(self):
         return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
 
