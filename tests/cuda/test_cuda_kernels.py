@@ -59,7 +59,8 @@ def test_batch_norm_matches_reference(shape, axis, dtype, training):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,ns", [((6, 5), 5), ((3, 4, 37), (4, 37)), ((2, 70), 70), ((3, 1), 1),
                                       ((7, 3), 3), ((40, 5), 5),  # a half-filled last block; rows beyond the grid
-                                      ((2, 600), 600)])  # ten values per thread
+                                      ((2, 600), 600),  # ten values per thread
+                                      ((2, 16), 16)])  # lanes past the row's end (few rows)
 def test_layer_norm_matches_reference(shape, ns, dtype):
     rng = np.random.default_rng(abs(hash((shape, ns))) % 2**32)
     nsh = (ns,) if isinstance(ns, int) else ns

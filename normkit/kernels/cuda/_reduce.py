@@ -3,7 +3,8 @@
 On a GPU, ``row_sum2`` adds within each warp by shuffles and across the warps of a row through
 shared memory (one barrier); Numba's CUDA simulator does not model shuffles, so under it the
 same name is a shared-memory tree (a barrier per halving). Both give every thread its row's
-sums; the kernels run unchanged on either, and tests/cuda runs on both.
+sums; the kernels run unchanged on either, and tests/cuda runs on both (and runs the shuffle
+version under the simulator too, with the shuffles emulated: tests/cuda/test_warp_reductions.py).
 """
 
 from numba import cuda
@@ -50,16 +51,19 @@ def add4(s1, s2, d0, d1, d2, d3):
 
 @cuda.jit(device=True)
 def _row_sum2_shuffle(a, b, sa, sb):
-    """As :func:`_row_sum2_tree`, by warp shuffles; rows of blockDim.x >= 32 threads (a power of
-    two), so that every warp lies within one row."""
-    offset = 16
-    while offset > 0:  # butterfly: every lane ends with the warp's sums
+    """As :func:`_row_sum2_tree`, by warp shuffles. A row narrower than a warp (blockDim.x of
+    2-16) is an aligned group of a warp's lanes, and the butterfly's offsets stay below
+    blockDim.x, so each row adds only its own lanes; the rows of a wider block are whole warps,
+    whose sums are added through shared memory. Every thread of the block must call this (the
+    shuffles name all 32 lanes of the warp)."""
+    offset = min(16, cuda.blockDim.x // 2)
+    while offset > 0:  # butterfly: every lane ends with its row's (or warp's) sums
         a += cuda.shfl_xor_sync(_FULL_WARP, a, offset)
         b += cuda.shfl_xor_sync(_FULL_WARP, b, offset)
         offset //= 2
-    n_warps = cuda.blockDim.x // 32
-    if n_warps == 1:  # the same for the whole block: no thread skips a barrier others reach
+    if cuda.blockDim.x <= 32:  # the same for the whole block: no thread skips a barrier others reach
         return a, b
+    n_warps = cuda.blockDim.x // 32
     base = cuda.threadIdx.y * n_warps
     if cuda.threadIdx.x % 32 == 0:
         sa[base + cuda.threadIdx.x // 32] = a

@@ -39,11 +39,10 @@ from ._reduce import BLOCK
 from ._vector_io import aligned
 
 
-def _min_row_log2():
-    """log2 of the fewest threads along a row: a warp on a GPU (the shuffle reductions need
-    whole warps in a row); 4 under the simulator, which has no warps and runs every CUDA thread
-    as an OS thread, each barrier costing milliseconds."""
-    return 2 if _simulator() else 5
+# log2 of the fewest threads along a row of a row kernel (rows narrower than a warp share it:
+# see _reduce.row_sum2). Few, so that narrow rows (64 values) still get 16-byte loads and many
+# values a thread; not one, so that a row of a few values still takes a few lanes.
+MIN_ROW_LOG2 = 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,7 +127,7 @@ def _elementwise_geometry(n_rows, n_cols, threads, target):
     """(grid, block) of the 2-D elementwise kernels: threads along the columns (a power of two
     up to ``threads`` that covers short rows), the rest of the block along the rows; at most
     4 x ``target`` blocks, which loop over the rest (four rows at a time)."""
-    tx = min(threads, 1 << max(_min_row_log2(), math.ceil(math.log2(n_cols))))
+    tx = min(threads, 1 << max(MIN_ROW_LOG2, math.ceil(math.log2(n_cols))))
     ty = threads // tx
     gx = min(math.ceil(n_cols / tx), 4 * target)
     gy = min(math.ceil(n_rows / ty), 65535, max(1, 4 * target // gx))
@@ -209,8 +208,9 @@ VEC4_MIN_COLS, VEC4_MIN_ROWS = (4, 1) if _simulator() else (128, 8192)
 @functools.lru_cache(maxsize=256)  # pure, and a few us of host time a call
 def _channel_grid(n_ch):
     """(grid, block) of the per-channel kernels: a warp per channel (under the simulator, which
-    runs each CUDA thread as an OS thread and has no warps, four threads per channel)."""
-    block = (4, 4) if _simulator() else bn.FINALIZE_BLOCK
+    runs each CUDA thread as an OS thread, four threads per channel, eight channels a block: a
+    whole warp, as the GPU's shuffle reductions need, which tests/cuda run there too)."""
+    block = (4, 8) if _simulator() else bn.FINALIZE_BLOCK
     return (math.ceil(n_ch / block[1]),), block
 
 
@@ -347,8 +347,8 @@ def batch_norm_backward(dy, saved):
 
 @functools.lru_cache(maxsize=256)  # pure, and a few us of host time a call
 def _row_geometry(n_rows, n_cols, threads, target, values_per_thread, at_least=False):
-    """(grid, block) of the row kernels: ``blockDim.x`` threads per row, a power of two from a
-    warp up, at most (``at_least``: at least) ``values_per_thread`` values each, but more
+    """(grid, block) of the row kernels: ``blockDim.x`` threads per row, a power of two from
+    ``2 ** MIN_ROW_LOG2`` up, at most (``at_least``: at least) ``values_per_thread`` values each, but more
     threads when there are too few rows to fill the GPU; and as many rows per block as fill
     ``threads``. Measured: on an H200, 65536 x 1024, a warp per row ran the scalar forward in
     0.22 ms, 128 threads in 0.31, 256 in 0.47, and the backward was fastest with 64; on an
@@ -356,7 +356,7 @@ def _row_geometry(n_rows, n_cols, threads, target, values_per_thread, at_least=F
     threads, 198 us, against 240 with 32 and 218 with 128; 768 columns: 32 threads, 22 against
     25 us with 64; 8192 columns: 256 threads, 7.3 against 10.5 us with 128)."""
     rounded = math.floor if at_least else math.ceil
-    log2 = max(_min_row_log2(), rounded(math.log2(max(1, n_cols / values_per_thread))))
+    log2 = max(MIN_ROW_LOG2, rounded(math.log2(max(1, n_cols / values_per_thread))))
     while (1 << log2) < threads and n_rows << log2 < target * 64:
         log2 += 1
     tx = min(threads, 1 << log2)
@@ -394,9 +394,9 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
 
 def _vec4_rows(xd, n_cols, *vectors):
     """Whether the 16-byte-load LayerNorm kernels can run: float32 input in rows of a multiple
-    of four values, at least four per thread of a row's first warp, and every array 16-byte
-    aligned (the output, pooled, is)."""
-    return (xd.dtype == np.float32 and n_cols % 4 == 0 and n_cols >= 4 << _min_row_log2()
+    of four values, at least four per thread of the narrowest row of threads, and every array
+    16-byte aligned (the output, pooled, is)."""
+    return (xd.dtype == np.float32 and n_cols % 4 == 0 and n_cols >= 4 << MIN_ROW_LOG2
             and aligned(xd, *(v.array if isinstance(v, Shaped) else v for v in vectors)))
 
 
