@@ -237,19 +237,27 @@ class GradientSync:
         self.params = list(params)
         self.comm = comm
         self.sizes = [p.grad.size for p in self.params]
-        self.buffer = np.empty(sum(self.sizes))
+        # one more value: how many processes failed their step (so a failure costs no call)
+        self.buffer = np.empty(sum(self.sizes) + 1)
         self.bytes_per_step = 2 * self.buffer.nbytes  # sent + received, ignoring the algorithm
 
-    def __call__(self):
+    def __call__(self, failed=False):
+        """Sum the gradients across processes; returns how many processes passed ``failed``
+        (the gradients are then left as they were)."""
         offset = 0
         for p, n in zip(self.params, self.sizes):
             self.buffer[offset:offset + n] = p.grad.reshape(-1)
             offset += n
+        self.buffer[-1] = bool(failed)
         self.comm.Allreduce(mpi().IN_PLACE, self.buffer)
+        failures = int(self.buffer[-1])
+        if failures:
+            return failures
         offset = 0
         for p, n in zip(self.params, self.sizes):
             p.grad[...] = self.buffer[offset:offset + n].reshape(p.grad.shape)
             offset += n
+        return 0
 
     def broadcast_parameters(self, root=0):
         """Make every process start from root's parameters."""

@@ -161,9 +161,12 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         into one contiguous slice per process, the upstream gradient is weighted by the slice's
         share of the batch, and the parameter gradients are summed across processes with one
         Allreduce per step, so the update equals single-process training on the whole batch
-        (exactly so with SyncBatchNorm, see :func:`normkit.convert_sync_batchnorm`). Parameters
-        start from rank 0's; losses and accuracies are those of the whole batch; only rank 0
-        prints progress.
+        (exactly so with SyncBatchNorm, see :func:`normkit.convert_sync_batchnorm`; plain
+        BatchNorm layers normalise each slice on its own). Every process needs at least one
+        sample of every batch, two with plain BatchNorm layers: a ``batch_size`` or sample count
+        too small for that raises before anything trains. A step that fails on one process
+        raises on all of them. Parameters start from rank 0's; losses and accuracies are those
+        of the whole batch; only rank 0 prints progress.
     """
     X, y = _samples(X, "fit"), _samples(y, "fit", "y")
     if len(X) != len(y):
@@ -178,6 +181,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             raise ValueError(f"fit: X_val has {len(validation[0])} samples but y_val has "
                              f"{len(validation[1])}")
     callbacks = _callables(callbacks)
+    size = 1 if comm is None else comm.Get_size()
+    min_slice = _min_slice(model, batch_size, len(X), size)
     # One forward of two samples of each input, in eval mode (which updates no running
     # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
     # output (the number of classes, say) before anything trains.
@@ -193,10 +198,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])
     n = len(X)
-    size, rank, sync = 1, 0, None
-    if comm is not None and comm.Get_size() > 1:
+    rank, sync = 0, None
+    if size > 1:
         from .distributed import GradientSync
-        size, rank = comm.Get_size(), comm.Get_rank()
+        rank = comm.Get_rank()
         sync = GradientSync(model.parameters(), comm)
         sync.broadcast_parameters()
         progress = progress and rank == 0
@@ -210,22 +215,16 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             order = shuffler.permutation(n) if shuffle else np.arange(n)
             total_loss = 0.0
             correct = 0.0
-            for batch in _batches(n, batch_size, order, min_last=max(2, size)):
+            for batch in _batches(n, batch_size, order, min_last=max(2, min_slice * size)):
                 idx = np.array_split(batch, size)[rank] if size > 1 else batch
                 xb, yb = X[idx], y[idx]
                 optimizer.zero_grad()
-                pred = model(xb)
-                batch_loss = loss(pred, yb) * len(idx)
-                dpred = loss.backward()
-                acc = accuracy(pred, yb, loss)
-                batch_correct = 0.0 if acc is None else acc * len(idx)
-                if sync is not None:
-                    # the local loss is a mean over len(idx) samples; the batch's over len(batch)
-                    dpred = dpred * np.asarray(len(idx) / len(batch), dtype=dpred.dtype)
-                model.backward(dpred)
-                if sync is not None:
-                    sync()
-                    batch_loss, batch_correct = comm.allreduce(np.array([batch_loss, batch_correct]))
+                if sync is None:
+                    pred, batch_loss, batch_correct, dpred = _forward(model, loss, xb, yb)
+                    model.backward(dpred)
+                else:
+                    pred, batch_loss, batch_correct = _data_parallel_step(
+                        model, loss, xb, yb, len(idx) / len(batch), comm, sync)
                 optimizer.step()
                 total_loss += batch_loss
                 correct += batch_correct
@@ -241,6 +240,67 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             if progress:
                 print(_progress_line(epoch, epochs, history), file=sys.stdout, flush=True)
     return history
+
+
+def _forward(model, loss, xb, yb):
+    """One batch's forward and loss: (the model's output, the loss summed over the batch, the
+    number of correct predictions, the loss's gradient with respect to the output)."""
+    pred = model(xb)
+    batch_loss = loss(pred, yb) * len(xb)
+    dpred = loss.backward()
+    acc = accuracy(pred, yb, loss)
+    return pred, batch_loss, 0.0 if acc is None else acc * len(xb), dpred
+
+
+def _data_parallel_step(model, loss, xb, yb, share, comm, sync):
+    """:func:`_forward` and the backward on this process's slice (``share`` of the batch), then
+    the whole batch's loss, number correct and parameter gradients, summed across ``comm``.
+    A process whose forward, loss or backward fails still joins these collectives, and then
+    every process raises: none is left waiting for it. (Not so for a failure inside a layer
+    before a SyncBatchNorm reached by the others, which agree in its own exchange; the checks
+    fit makes before training rule out the failures that inputs can cause.)"""
+    from .distributed import agree
+    error, pred, batch_loss, batch_correct = None, None, 0.0, 0.0
+    try:
+        pred, batch_loss, batch_correct, dpred = _forward(model, loss, xb, yb)
+    except Exception as exc:
+        error = exc
+    batch_loss, batch_correct, failures = comm.allreduce(
+        np.array([batch_loss, batch_correct, error is not None]))
+    if failures:
+        agree(comm, error, "fit")
+    try:
+        # the local loss is a mean over this slice's samples; the batch's over the whole batch
+        model.backward(dpred * np.asarray(share, dtype=dpred.dtype))
+    except Exception as exc:
+        error = exc
+    if sync(failed=error is not None):
+        agree(comm, error, "fit")
+    return pred, batch_loss, batch_correct
+
+
+def _min_slice(model, batch_size, n, size):
+    """The fewest samples each of ``size`` processes must get of every batch: 1, or 2 where a
+    BatchNorm normalises each process's slice on its own (only a SyncBatchNorm takes the
+    statistics of the whole batch). Raises, before anything trains, where ``batch_size`` or
+    ``n`` samples are too few for that."""
+    if size == 1:
+        return 1
+    from .distributed import SyncBatchNorm
+    from .nn import BatchNorm
+    per_process_bn = any(isinstance(m, BatchNorm) and not isinstance(m, SyncBatchNorm)
+                         and not (m.frozen and m.track_running_stats)  # uses running stats
+                         for m in model.modules())
+    need = 2 if per_process_bn else 1
+    why = ("the model's BatchNorm layers normalise each process's slice on their own, which "
+           "takes two samples (convert_sync_batchnorm(model) normalises with the statistics of "
+           "the whole batch and needs one)" if per_process_bn
+           else "every process needs a sample of every batch")
+    for count, name in ((batch_size, "batch_size"), (n, "X's sample count")):
+        if count < need * size:
+            raise ValueError(f"fit: {name} {count} is too small for {size} processes: {why}, "
+                             f"so it must be at least {need * size}")
+    return need
 
 
 def _callables(callbacks):

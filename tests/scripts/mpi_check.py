@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_distributed.py: python mpi_check.py sync|fit|fault|eval.
+"""Run under mpiexec by tests/test_distributed.py: python mpi_check.py sync|fit|fault|eval|batches.
 
 Every rank prints "OK <mode> rank <r>" when its checks pass; an assertion error exits non-zero.
 """
@@ -149,7 +149,87 @@ def check_eval():
     assert single.calls == 0
 
 
+def check_batches():
+    """fit refuses, on every process and before anything trains, batches that would leave a
+    process too few samples; a step that fails on one process raises on every process."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((30, 5))
+    y = (X[:, :1] > 0).astype(np.float64)
+    model = nk.seed_model(5, norm="batch", hidden=8, dtype=np.float64, rng=np.random.default_rng(3))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+
+    def fit(batch_size, loss=None, samples=30):
+        return nk.fit(model, X[:samples], y[:samples], loss=loss or nk.BCELoss(),
+                      optimizer=nk.SGD(model.parameters(), lr=0.1), epochs=1,
+                      batch_size=batch_size, progress=False, comm=comm)
+
+    def refused(message, *args, **kwargs):
+        try:
+            fit(*args, **kwargs)
+        except ValueError as exc:
+            assert message in str(exc), exc
+        else:
+            raise AssertionError(f"fit{args, kwargs} trained")
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+    # plain BatchNorm normalises each slice alone: two samples a process, in every batch
+    refused(f"batch_size {2 * size - 1} is too small for {size} processes", 2 * size - 1)
+    refused(f"X's sample count {2 * size - 1} is too small", 2 * size, samples=2 * size - 1)
+    fit(2 * size)  # the last batch of 30 is merged into the one before if it is short
+    for layer in model.layers:  # frozen BatchNorm layers use their running statistics
+        if isinstance(layer, nk.BatchNorm):
+            layer.freeze()
+    fit(size)
+    for layer in model.layers:
+        if isinstance(layer, nk.BatchNorm):
+            layer.unfreeze()
+    # SyncBatchNorm: one sample a process is enough, none is not
+    convert_sync_batchnorm(model, comm)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    if size > 2:
+        refused("every process needs a sample of every batch", size - 1)
+    fit(size)
+
+    class FailsOnTheLastRank(nk.BCELoss):
+        calls = 0
+
+        def __call__(self, pred, target):
+            self.calls += 1
+            if rank == size - 1 and self.calls == 3:
+                raise FloatingPointError("a loss that fails on one process")
+            return super().__call__(pred, target)
+
+    class FailsInBackwardOnTheLastRank(nk.nn.Module):  # before every layer: its backward is last
+        calls = 0
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            self.calls += 1
+            if rank == size - 1 and self.calls == 2:
+                raise FloatingPointError("a backward that fails on one process")
+            return dy
+
+    for failing in ("loss", "backward"):
+        try:
+            if failing == "loss":
+                fit(size, loss=FailsOnTheLastRank())
+            else:
+                model = nk.Sequential(FailsInBackwardOnTheLastRank(), *model.layers)
+                fit(size)
+        except FloatingPointError:
+            assert rank == size - 1
+        except RuntimeError as exc:
+            assert rank != size - 1 and f"rank {size - 1} failed" in str(exc), exc
+        else:
+            raise AssertionError(f"no error raised by a failing {failing}")
+        assert comm.allreduce(1) == size  # and nobody is left inside a collective
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    {"sync": check_sync, "fit": check_fit, "fault": check_fault, "eval": check_eval}[mode]()
+    {"sync": check_sync, "fit": check_fit, "fault": check_fault, "eval": check_eval,
+     "batches": check_batches}[mode]()
     print(f"OK {mode} rank {rank}", flush=True)
