@@ -25,6 +25,7 @@ CASES = [
     ("layer_norm", (4096, 1024), None), ("layer_norm", (8192, 768), None),
     ("layer_norm", (256, 8192), None), ("layer_norm", (1 << 20, 64), None),
     ("layer_norm", (16384, 1024), None), ("layer_norm", (65536, 1024), None),
+    ("layer_norm", (262144, 256), None),  # rows narrower than a warp's 16-byte loads (session 14)
     ("batch_norm", (65536, 256), 1), ("batch_norm", (32, 64, 56, 56), 1),
     ("batch_norm", (128, 64, 56, 56), 1), ("batch_norm", (128, 56, 56, 64), -1),
     ("batch_norm", (256, 8192), 1), ("batch_norm", (262144, 256), 1),

@@ -22,7 +22,8 @@ from numba import cuda
 from gpu_bench import normkit_calls  # benchmarks/, this script's folder
 
 CASES = [("layer_norm", (4096, 1024), None), ("layer_norm", (65536, 1024), None),
-         ("layer_norm", (256, 8192), None), ("batch_norm", (65536, 256), 1),
+         ("layer_norm", (256, 8192), None), ("layer_norm", (1 << 20, 64), None),
+         ("layer_norm", (262144, 256), None), ("batch_norm", (65536, 256), 1),
          ("batch_norm", (32, 64, 56, 56), 1), ("batch_norm", (128, 56, 56, 64), -1),
          ("batch_norm", (256, 8192), 1)]
 
