@@ -17,7 +17,7 @@ from .nn import (BatchNorm, Dropout, LayerNorm, Linear, Module, Parameter, ReLU,
 from .optim import SGD, Adam  # noqa: E402
 from .random import manual_seed  # noqa: E402
 from .serialization import load_state, save  # noqa: E402
-from .training import History, evaluate, fit, predict  # noqa: E402
+from .training import History, StopTraining, evaluate, fit, predict  # noqa: E402
 from .distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm  # noqa: E402
 
 __all__ = [
@@ -26,6 +26,6 @@ __all__ = [
     "batch_norm", "batch_norm_backward", "layer_norm", "layer_norm_backward",
     "Module", "Parameter", "BatchNorm", "LayerNorm", "Linear", "ReLU", "Sigmoid", "Tanh",
     "Dropout", "Sequential", "SGD", "Adam", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
-    "MSELoss", "fit", "predict", "evaluate", "History", "save", "load_state", "manual_seed",
+    "MSELoss", "fit", "predict", "evaluate", "History", "StopTraining", "save", "load_state", "manual_seed",
     "seed_model", "SyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm",
 ]

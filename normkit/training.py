@@ -9,6 +9,11 @@ from . import _checks, random
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss
 
 
+class StopTraining(Exception):
+    """Raised by a :func:`fit` callback to end training after the current epoch; ``fit`` then
+    returns the history so far."""
+
+
 class History(dict):
     """Per-epoch lists: ``loss``, ``accuracy``, ``epoch_time`` and, with validation data,
     ``val_loss`` and ``val_accuracy``. Accuracy is None for regression losses."""
@@ -156,6 +161,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         Print one line per epoch.
     callbacks : iterable of callables
         Each is called as ``callback(epoch, model, history)`` after every epoch (1-based epoch).
+        One that raises :class:`StopTraining` ends training there (early stopping); the other
+        callbacks of that epoch still run. With ``comm``, training stops on every process when
+        a callback stops it on any.
     comm : mpi4py communicator, optional
         Data-parallel training: every process passes the same X, y and seed; each batch is split
         into one contiguous slice per process, the upstream gradient is weighted by the slice's
@@ -235,10 +243,18 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
                 val_loss, val_acc = evaluate(model, *validation, loss)
                 history["val_loss"].append(val_loss)
                 history["val_accuracy"].append(val_acc)
+            stop = False
             for callback in callbacks:
-                callback(epoch, model, history)
+                try:
+                    callback(epoch, model, history)
+                except StopTraining:
+                    stop = True
             if progress:
                 print(_progress_line(epoch, epochs, history), file=sys.stdout, flush=True)
+            if sync is not None:  # every process stops at the same epoch, or none waits alone
+                stop = comm.allreduce(int(stop)) > 0
+            if stop:
+                break
     return history
 
 

@@ -31,7 +31,7 @@ def _mpiexec():
 
 
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("mode", ["sync", "fit", "fault", "eval", "batches"])
+@pytest.mark.parametrize("mode", ["sync", "fit", "fault", "eval", "guards"])
 def test_under_mpiexec(n, mode):
     proc = subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(SCRIPT), mode],
                           capture_output=True, text=True, timeout=240,

@@ -234,6 +234,29 @@ def test_fit_takes_a_loss_of_ones_own():
     assert hist["val_loss"][-1] < 0.2 * hist["val_loss"][0]  # it learns
 
 
+def test_a_callback_stops_training_early():
+    def train(epochs, callbacks=()):
+        model, X, y = _small_problem()
+        hist = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+                      epochs=epochs, batch_size=8, validation=(X, y), progress=False,
+                      callbacks=callbacks)
+        return model, hist
+
+    seen = []
+
+    def stop_after_three(epoch, model, history):
+        if epoch >= 3:
+            raise nk.StopTraining
+
+    stopped, hist = train(10, [stop_after_three, lambda epoch, *_: seen.append(epoch)])
+    assert seen == [1, 2, 3]  # the callbacks after the stopping one still ran for its epoch
+    assert all(len(v) == 3 for v in hist.values())
+    three, hist3 = train(3)
+    assert hist == hist3 | {"epoch_time": hist["epoch_time"]}
+    for k, v in three.state_dict().items():
+        np.testing.assert_array_equal(stopped.state_dict()[k], v, err_msg=k)
+
+
 def test_fit_takes_nested_lists_as_arrays():
     model, X, y = _small_problem()
     h_arrays = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),

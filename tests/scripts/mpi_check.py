@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_distributed.py: python mpi_check.py sync|fit|fault|eval|batches.
+"""Run under mpiexec by tests/test_distributed.py: python mpi_check.py sync|fit|fault|eval|guards.
 
 Every rank prints "OK <mode> rank <r>" when its checks pass; an assertion error exits non-zero.
 """
@@ -149,9 +149,10 @@ def check_eval():
     assert single.calls == 0
 
 
-def check_batches():
+def check_fit_guards():
     """fit refuses, on every process and before anything trains, batches that would leave a
-    process too few samples; a step that fails on one process raises on every process."""
+    process too few samples; a step that fails on one process raises on every process; a
+    callback that stops training on one process stops it on all."""
     rng = np.random.default_rng(4)
     X = rng.standard_normal((30, 5))
     y = (X[:, :1] > 0).astype(np.float64)
@@ -227,9 +228,18 @@ def check_batches():
             raise AssertionError(f"no error raised by a failing {failing}")
         assert comm.allreduce(1) == size  # and nobody is left inside a collective
 
+    def stop_on_rank_0(epoch, model, history):
+        if rank == 0 and epoch == 2:
+            raise nk.StopTraining
+
+    hist = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+                  epochs=5, batch_size=size, progress=False, comm=comm, callbacks=[stop_on_rank_0])
+    assert len(hist["loss"]) == 2
+    assert comm.allreduce(1) == size
+
 
 if __name__ == "__main__":
     mode = sys.argv[1]
     {"sync": check_sync, "fit": check_fit, "fault": check_fault, "eval": check_eval,
-     "batches": check_batches}[mode]()
+     "guards": check_fit_guards}[mode]()
     print(f"OK {mode} rank {rank}", flush=True)
