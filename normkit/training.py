@@ -165,7 +165,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         callbacks of that epoch still run. With ``comm``, training stops on every process when
         a callback stops it on any.
     comm : mpi4py communicator, optional
-        Data-parallel training: every process passes the same X, y and seed; each batch is split
+        Data-parallel training: every process passes the same X, y, seed and settings (sizes,
+        settings and parameter shapes are compared before training); each batch is split
         into one contiguous slice per process, the upstream gradient is weighted by the slice's
         share of the batch, and the parameter gradients are summed across processes with one
         Allreduce per step, so the update equals single-process training on the whole batch
@@ -190,6 +191,10 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
                              f"{len(validation[1])}")
     callbacks = _callables(callbacks)
     size = 1 if comm is None else comm.Get_size()
+    if size > 1:
+        _same_on_every_process(comm, samples=len(X), sample_shape=X.shape[1:],
+                               batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
+                               seed=seed, parameters=[p.data.shape for p in model.parameters()])
     min_slice = _min_slice(model, batch_size, len(X), size)
     # One forward of two samples of each input, in eval mode (which updates no running
     # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
@@ -293,6 +298,21 @@ def _data_parallel_step(model, loss, xb, yb, share, comm, sync):
     if sync(failed=error is not None):
         agree(comm, error, "fit")
     return pred, batch_loss, batch_correct
+
+
+def _same_on_every_process(comm, **settings):
+    """Raise on every process unless all passed the same ``settings``: each process computes
+    the same sequence of batches and sums gradients of the same shapes, so a difference (a
+    process given more samples, another seed) would leave some waiting for the others, or
+    mix up their gradients. One allgather, before training."""
+    everyone = comm.allgather(settings)
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        differing = [k for k in settings if theirs[k] != everyone[0][k]]
+        if differing:
+            details = "; ".join(f"{k}: {everyone[0][k]} on rank 0, {theirs[k]} on rank {rank}"
+                                for k in differing)
+            raise ValueError(f"fit: every process must pass the same data size, settings and "
+                             f"model, but {details}")
 
 
 def _min_slice(model, batch_size, n, size):

@@ -174,6 +174,16 @@ def check_fit_guards():
         for k, v in model.state_dict().items():
             np.testing.assert_array_equal(v, before[k], err_msg=k)
 
+    # every process must pass the same data size, settings and model
+    refused(f"samples: 30 on rank 0, 29 on rank {size - 1}", 2 * size,
+            samples=29 if rank == size - 1 else 30)
+    try:
+        nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
+               epochs=1, batch_size=2 * size, progress=False, comm=comm, seed=rank)
+    except ValueError as exc:
+        assert "seed: 0 on rank 0, 1 on rank 1" in str(exc), exc
+    else:
+        raise AssertionError("different seeds were taken")
     # plain BatchNorm normalises each slice alone: two samples a process, in every batch
     refused(f"batch_size {2 * size - 1} is too small for {size} processes", 2 * size - 1)
     refused(f"X's sample count {2 * size - 1} is too small", 2 * size, samples=2 * size - 1)
