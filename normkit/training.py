@@ -199,14 +199,14 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     # One forward of two samples of each input, in eval mode (which updates no running
     # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
     # output (the number of classes, say) before anything trains.
-    sample_shape = predict(model, X[:2]).shape[1:]
+    output_shape = predict(model, X[:2]).shape[1:]  # of one sample
     if validation is not None:
         predict(model, validation[0][:2])
     check_target = getattr(loss, "check_target", None)  # (custom loss objects may lack it)
     if check_target is not None:
-        check_target(y, (len(y),) + sample_shape)
+        check_target(y, (len(y),) + output_shape)
         if validation is not None:
-            check_target(validation[1], (len(validation[1]),) + sample_shape)
+            check_target(validation[1], (len(validation[1]),) + output_shape)
     history = History(loss=[], accuracy=[], epoch_time=[])
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])
