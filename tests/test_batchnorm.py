@@ -9,7 +9,7 @@ from normkit import reference as R
 from normkit.kernels.cpu import batchnorm as bn_cpu
 
 from .conftest import assert_close
-from .gradcheck import numerical_grad
+from .gradcheck import check_batch_norm_gradients
 
 DTYPES = [np.float32, np.float64]
 
@@ -125,20 +125,7 @@ def test_eval_mode_without_some_affine_parameters(rng, kernel_build, bn_passes, 
 @pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
                                         ((2, 8, 33), 1)])
 def test_kernel_gradients_by_finite_differences(rng, kernel_build, bn_passes, shape, axis, training):
-    x = rng.standard_normal(shape) * 2 + 1
-    c = shape[axis]
-    w, b = rng.standard_normal(c), rng.standard_normal(c)
-    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
-    dy = rng.standard_normal(shape)
-
-    def forward():
-        return F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)[0]
-
-    _, saved = F.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)
-    grads = F.batch_norm_backward(dy, saved)
-    for arr, grad in zip((x, w, b), grads):
-        idx, num = numerical_grad(forward, arr, dy, rng=rng)
-        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+    check_batch_norm_gradients(F, rng, shape, axis, training)
 
 
 def test_running_stats_over_steps_and_cumulative_average(rng, kernel_build):

@@ -7,7 +7,7 @@ from normkit import functional as F
 from normkit import reference as R
 
 from .conftest import assert_close
-from .gradcheck import numerical_grad
+from .gradcheck import check_layer_norm_gradients
 
 DTYPES = [np.float32, np.float64]
 CASES = [((64, 10), 10), ((2, 3), 3), ((37, 1), 1), ((5, 7, 3), 3), ((4, 6, 41), (6, 41)),
@@ -56,18 +56,7 @@ def test_dy_of_the_other_float_dtype(rng, kernel_build, shape, ns, x_dtype, dy_d
 
 @pytest.mark.parametrize("shape,ns", [((5, 6), 6), ((2, 3, 4), (3, 4)), ((4, 1), 1)])
 def test_kernel_gradients_by_finite_differences(rng, kernel_build, shape, ns):
-    x = rng.standard_normal(shape) * 2 + 1
-    nshape = (ns,) if isinstance(ns, int) else ns
-    w, b = rng.standard_normal(nshape), rng.standard_normal(nshape)
-    dy = rng.standard_normal(shape)
-
-    def forward():
-        return F.layer_norm(x, ns, w, b)[0]
-
-    grads = F.layer_norm_backward(dy, F.layer_norm(x, ns, w, b)[1])
-    for arr, grad in zip((x, w, b), grads):
-        idx, num = numerical_grad(forward, arr, dy, rng=rng)
-        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+    check_layer_norm_gradients(F, rng, shape, ns)
 
 
 @pytest.mark.parametrize("make_view", [lambda a: a.T, lambda a: a[:, 5:30], lambda a: a[::3], lambda a: a[::-1, ::-1]])

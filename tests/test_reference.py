@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from normkit import reference as R
 
-from .gradcheck import numerical_grad
+from .gradcheck import check_batch_norm_gradients, check_layer_norm_gradients
 
 BN_CASES = [((6, 4), 1), ((3, 2, 5), 1), ((2, 3, 3, 2), -1), ((4, 7), 0)]
 
@@ -14,36 +14,12 @@ BN_CASES = [((6, 4), 1), ((3, 2, 5), 1), ((2, 3, 3, 2), -1), ((4, 7), 0)]
 @pytest.mark.parametrize("shape,axis", BN_CASES)
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_gradients_match_finite_differences(rng, shape, axis, training):
-    x = rng.standard_normal(shape) * 2 + 1
-    c = shape[axis]
-    w, b = rng.standard_normal(c), rng.standard_normal(c)
-    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
-    dy = rng.standard_normal(shape)
-
-    def forward():
-        return R.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)[0]
-
-    _, saved = R.batch_norm(x, rm.copy(), rv.copy(), w, b, training=training, axis=axis)
-    dx, dw, db = R.batch_norm_backward(dy, saved)
-    for arr, grad in ((x, dx), (w, dw), (b, db)):
-        idx, num = numerical_grad(forward, arr, dy, rng=rng)
-        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+    check_batch_norm_gradients(R, rng, shape, axis, training)
 
 
 @pytest.mark.parametrize("shape,ns", [((5, 6), 6), ((2, 3, 4), (3, 4)), ((4, 1, 3), 3)])
 def test_layer_norm_gradients_match_finite_differences(rng, shape, ns):
-    x = rng.standard_normal(shape) * 2 + 1
-    nshape = (ns,) if isinstance(ns, int) else ns
-    w, b = rng.standard_normal(nshape), rng.standard_normal(nshape)
-    dy = rng.standard_normal(shape)
-
-    def forward():
-        return R.layer_norm(x, ns, w, b)[0]
-
-    dx, dw, db = R.layer_norm_backward(dy, R.layer_norm(x, ns, w, b)[1])
-    for arr, grad in ((x, dx), (w, dw), (b, db)):
-        idx, num = numerical_grad(forward, arr, dy, rng=rng)
-        np.testing.assert_allclose(grad.reshape(-1)[idx], num, rtol=1e-6, atol=1e-7)
+    check_layer_norm_gradients(R, rng, shape, ns)
 
 
 def _data(seed, shape, scale, shift):
