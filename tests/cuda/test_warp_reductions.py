@@ -88,8 +88,9 @@ def _row_sums_kernel(values, out):
 @pytest.mark.parametrize("row_threads,rows", [(4, 16), (8, 4), (16, 2), (32, 2), (64, 1), (64, 2)])
 def test_every_thread_gets_its_own_rows_sums(warp_shuffles, row_threads, rows):
     values = np.random.default_rng(row_threads * rows).standard_normal((rows, row_threads))
-    out = np.zeros((2,) + values.shape)
-    _row_sums_kernel[1, (row_threads, rows)](values, out)
+    out = cuda.to_device(np.zeros((2,) + values.shape))
+    _row_sums_kernel[1, (row_threads, rows)](cuda.to_device(values), out)
+    out = out.copy_to_host()
     for got, want in zip(out, (values.sum(axis=1), (values ** 2).sum(axis=1))):
         np.testing.assert_allclose(got, np.broadcast_to(want[:, None], values.shape), rtol=1e-13)
     if warp_shuffles is not None:
