@@ -32,6 +32,7 @@ from normkit.kernels.cuda import batchnorm, layernorm  # noqa: E402,F401  (to be
 from . import test_cuda_kernels as kernel_tests  # noqa: E402
 
 FULL_WARP = 0xFFFFFFFF
+_SHUFFLES = [0]  # emulated shuffles run (threads add without a lock: only > 0 is checked)
 
 
 def _emulated_shfl_xor_sync(fake_cuda, mask, value, lane_mask):
@@ -49,9 +50,6 @@ def _emulated_shfl_xor_sync(fake_cuda, mask, value, lane_mask):
     thread.syncthreads()  # no lane posts its next value before every lane has read this one
     _SHUFFLES[0] += 1
     return partner
-
-
-_SHUFFLES = [0]
 
 
 @pytest.fixture
