@@ -142,9 +142,13 @@ class Adam(Optimizer):
         self._t += 1
         bias1 = 1 - self.beta1 ** self._t
         bias2 = 1 - self.beta2 ** self._t
+        scalars = (self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, self.lr / bias1,
+                   math.sqrt(bias2), self.eps, self.weight_decay)
+        typed = {}  # the scalars in each parameter dtype: the update computes in it, as PyTorch's
         for (data, grad), m, v in zip(arrays, self._m, self._v):
-            adam_update(data, grad, m, v, self.lr, self.beta1, self.beta2, bias1, bias2, self.eps,
-                        self.weight_decay)
+            if data.dtype not in typed:
+                typed[data.dtype] = tuple(data.dtype.type(s) for s in scalars)
+            adam_update(data, grad, m, v, *typed[data.dtype])
 
 
 def _described(a):

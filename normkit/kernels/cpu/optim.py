@@ -7,13 +7,19 @@ from ._compile import helper
 
 
 @helper
-def adam_update(p, g, m, v, lr, beta1, beta2, bias1, bias2, eps, weight_decay):
-    """In place on flat arrays: Adam's moment updates and step, with L2 ``weight_decay``."""
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                bias2_sqrt, eps, weight_decay):
+    """In place on flat arrays: Adam's moment updates and step, with L2 ``weight_decay``, in
+    PyTorch's form (``step_size = lr / bias1``, ``denom = sqrt(v) / sqrt(bias2) + eps``) and in
+    the arithmetic of the scalars' type: the caller passes them in the parameter's dtype, as
+    PyTorch computes. (float64 arithmetic on float32 parameters, with two divisions a value,
+    took 2.7x as long, 108 against 39 us on a 256x256 weight: a quarter of a training step of
+    the seed model.)"""
     for i in range(p.shape[0]):
         gi = g[i] + weight_decay * p[i]
-        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
-        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        p[i] -= lr * (m[i] / bias1) / (math.sqrt(v[i] / bias2) + eps)
+        m[i] = beta1 * m[i] + one_minus_beta1 * gi
+        v[i] = beta2 * v[i] + one_minus_beta2 * gi * gi
+        p[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias2_sqrt + eps)
 
 
 @helper
