@@ -150,9 +150,10 @@ def check_eval():
 
 
 def check_fit_guards():
-    """fit refuses, on every process and before anything trains, batches that would leave a
-    process too few samples; a step that fails on one process raises on every process; a
-    callback that stops training on one process stops it on all."""
+    """fit refuses, on every process and before anything trains, processes given different
+    data sizes or settings and batches that would leave a process too few samples; a step that
+    fails on one process raises on every process; a callback that stops training on one
+    process stops it on all."""
     rng = np.random.default_rng(4)
     X = rng.standard_normal((30, 5))
     y = (X[:, :1] > 0).astype(np.float64)
