@@ -1,12 +1,16 @@
 """A minimal training loop: :func:`fit`, :func:`predict` and :func:`evaluate`."""
 
+import math
 import sys
 import time
 
 import numpy as np
 
 from . import _checks, random
+from .kernels.cpu.optim import all_finite
 from .losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss
+
+NAN_POLICIES = ("raise", "propagate")
 
 
 class StopTraining(Exception):
@@ -134,7 +138,7 @@ def evaluate(model, X, y, loss, batch_size=1024):
 
 
 def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, shuffle=True,
-        seed=0, progress=True, callbacks=(), comm=None):
+        seed=0, progress=True, callbacks=(), nan_policy="raise", comm=None):
     """Train ``model`` with mini-batches; returns a :class:`History`.
 
     Parameters
@@ -164,6 +168,15 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         One that raises :class:`StopTraining` ends training there (early stopping); the other
         callbacks of that epoch still run. With ``comm``, training stops on every process when
         a callback stops it on any.
+    nan_policy : {"raise", "propagate"}
+        ``"raise"``: NaN or inf in X, y or the validation data raise a ValueError before anything
+        trains, and a batch whose loss or parameter gradients are NaN or inf (training diverged:
+        a learning rate too high, say) raises a ``FloatingPointError`` before the optimiser's
+        step, so the parameters keep the values of the last step made (BatchNorm's running
+        statistics have taken that batch, where its statistics were finite). The error's
+        ``history`` attribute holds the epochs completed before it. With ``comm``, the loss and
+        gradients checked are the whole batch's, so every process raises. ``"propagate"``:
+        train on regardless, as PyTorch does; one NaN then spreads to every parameter.
     comm : mpi4py communicator, optional
         Data-parallel training: every process passes the same X, y, seed and settings (sizes,
         settings and parameter shapes are compared before training); each batch is split
@@ -190,11 +203,20 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             raise ValueError(f"fit: X_val has {len(validation[0])} samples but y_val has "
                              f"{len(validation[1])}")
     callbacks = _callables(callbacks)
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"fit: nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    data = {"X": X, "y": y}
+    if validation is not None:
+        data.update(X_val=validation[0], y_val=validation[1])
+    bad_data = _non_finite_data(data) if nan_policy == "raise" else None
     size = 1 if comm is None else comm.Get_size()
+    if size == 1 and bad_data:
+        raise ValueError(f"fit: {bad_data}")
     if size > 1:
-        _same_on_every_process(comm, samples=len(X), sample_shape=X.shape[1:],
+        _same_on_every_process(comm, bad_data, samples=len(X), sample_shape=X.shape[1:],
                                batch_size=batch_size, epochs=epochs, shuffle=bool(shuffle),
-                               seed=seed, parameters=[p.data.shape for p in model.parameters()])
+                               seed=seed, nan_policy=nan_policy,
+                               parameters=[p.data.shape for p in model.parameters()])
     min_slice = _min_slice(model, batch_size, len(X), size)
     # One forward of two samples of each input, in eval mode (which updates no running
     # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
@@ -211,6 +233,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     if validation is not None:
         history.update(val_loss=[], val_accuracy=[])
     n = len(X)
+    parameters = model.named_parameters()
     rank, sync = 0, None
     if size > 1:
         from .distributed import GradientSync
@@ -228,7 +251,8 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
             order = shuffler.permutation(n) if shuffle else np.arange(n)
             total_loss = 0.0
             correct = 0.0
-            for batch in _batches(n, batch_size, order, min_last=max(2, min_slice * size)):
+            batches = _batches(n, batch_size, order, min_last=max(2, min_slice * size))
+            for number, batch in enumerate(batches, start=1):
                 idx = np.array_split(batch, size)[rank] if size > 1 else batch
                 xb, yb = X[idx], y[idx]
                 optimizer.zero_grad()
@@ -238,6 +262,17 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
                 else:
                     pred, batch_loss, batch_correct = _data_parallel_step(
                         model, loss, xb, yb, len(idx) / len(batch), comm, sync)
+                # (with comm, the loss and the gradients are the whole batch's on every process,
+                # so all of them raise here, or none)
+                problem = nan_policy == "raise" and _non_finite(batch_loss / len(batch), parameters)
+                if problem:
+                    error = FloatingPointError(
+                        f"fit: training diverged in epoch {epoch}, batch {number} of "
+                        f"{len(batches)}: {problem}. That batch's update was not made, so the "
+                        "parameters are those of the step before; a smaller learning rate often "
+                        "helps (nan_policy='propagate' trains on regardless)")
+                    error.history = history
+                    raise error
                 optimizer.step()
                 total_loss += batch_loss
                 correct += batch_correct
@@ -300,12 +335,18 @@ def _data_parallel_step(model, loss, xb, yb, share, comm, sync):
     return pred, batch_loss, batch_correct
 
 
-def _same_on_every_process(comm, **settings):
-    """Raise on every process unless all passed the same ``settings``: each process computes
-    the same sequence of batches and sums gradients of the same shapes, so a difference (a
+def _same_on_every_process(comm, bad_data, **settings):
+    """Raise on every process unless all passed the same ``settings`` and data without NaN
+    (``bad_data``: None, or what :func:`_non_finite_data` found): each process computes the
+    same sequence of batches and sums gradients of the same shapes, so a difference (a
     process given more samples, another seed) would leave some waiting for the others, or
     mix up their gradients. One allgather, before training."""
-    everyone = comm.allgather(settings)
+    everyone = comm.allgather((bad_data, settings))
+    for rank, (problem, _) in enumerate(everyone):
+        if problem:
+            raise ValueError(f"fit: {problem}" if rank == comm.Get_rank() else
+                             f"fit: rank {rank}'s {problem}")
+    everyone = [theirs for _, theirs in everyone]
     for rank, theirs in enumerate(everyone[1:], start=1):
         differing = [k for k in settings if theirs[k] != everyone[0][k]]
         if differing:
@@ -337,6 +378,31 @@ def _min_slice(model, batch_size, n, size):
             raise ValueError(f"fit: {name} {count} is too small for {size} processes: {why}, "
                              f"so it must be at least {need * size}")
     return need
+
+
+def _non_finite_data(arrays):
+    """For the first of the named ``arrays`` that holds NaN or inf: which, how many samples and
+    the first of them; None where all are finite."""
+    for name, a in arrays.items():
+        if a.dtype.kind not in "fc":  # integer labels, booleans: nothing to check
+            continue
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            return (f"{name} has NaN or inf values in {int(bad.sum())} of {len(a)} samples, the "
+                    f"first at index {int(np.argmax(bad))}; one such sample makes every gradient "
+                    "of its batch NaN (remove or fill them, or pass nan_policy='propagate')")
+    return None
+
+
+def _non_finite(mean_loss, parameters):
+    """What is not finite after a batch's backward: its mean loss, or a gradient of one of the
+    named ``parameters``; None if everything is."""
+    if not math.isfinite(mean_loss):
+        return f"its loss is {mean_loss}"
+    for name, p in parameters:
+        if not all_finite(p.grad.reshape(-1)):
+            return f"the gradient of {name} has NaN or inf values"
+    return None
 
 
 def _callables(callbacks):

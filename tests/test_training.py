@@ -137,7 +137,10 @@ def _with_bad_last_sample(y, bad):
 
 @pytest.mark.parametrize("make_loss, bad, message", [
     (nk.BCELoss, 2.0, r"BCELoss: target must hold probabilities in \[0, 1\].*2\.0"),
-    (nk.BCEWithLogitsLoss, np.nan, r"BCEWithLogitsLoss: target .* got a value of nan"),
+    (nk.BCEWithLogitsLoss, 0.5 + 1j, r"BCEWithLogitsLoss: target must hold real numbers"),
+    # (fit's own check of all data finds a NaN target first)
+    (nk.BCEWithLogitsLoss, np.nan, r"fit: y(_val)? has NaN or inf values in 1 of 40 samples, "
+                                   r"the first at index 39"),
     (nk.CrossEntropyLoss, -1, "CrossEntropyLoss: labels must be >= 0, got -1"),
     (nk.CrossEntropyLoss, 0.5, "CrossEntropyLoss: labels must be integers"),
     # the model has 2 outputs: only a forward tells fit that label 2 is out of range
@@ -270,6 +273,114 @@ def test_fit_takes_nested_lists_as_arrays():
     assert nk.predict(model, X.tolist()).shape == (40, 1)
 
 
+@pytest.mark.parametrize("where", ["X", "y", "X_val", "y_val"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fit_refuses_non_finite_data_before_training(where, bad):
+    model, X, y = _small_problem()
+    y = y * 0.5  # (MSELoss: its targets take any real number but NaN and inf)
+    data = {"X": X.copy(), "y": y.copy(), "X_val": X[:12].copy(), "y_val": y[:12].copy()}
+    data[where][7, 0] = bad
+    data[where][9, -1] = bad
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"fit: {where} has NaN or inf values in 2 of "
+                                         rf"{len(data[where])} samples, the first at index 7"):
+        nk.fit(model, data["X"], data["y"], loss=nk.MSELoss(), epochs=1, batch_size=8,
+               optimizer=nk.SGD(model.parameters(), lr=0.1),
+               validation=(data["X_val"], data["y_val"]), progress=False)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+class _Snapshots(nk.SGD):
+    """SGD that keeps a copy of the model's state after every step."""
+
+    def __init__(self, model, lr):
+        super().__init__(model.parameters(), lr=lr)
+        self.model, self.states = model, []
+
+    def step(self):
+        super().step()
+        self.states.append({k: v.copy() for k, v in self.model.state_dict().items()})
+
+
+def _diverging_run():
+    """A model, its optimiser and a function training it with plain SGD at a learning rate far
+    too high: the loss becomes NaN within a few batches."""
+    X, y, _, _ = datasets.load_digits()
+    nk.manual_seed(0)
+    model = nk.seed_model(X.shape[1], 10, norm="none")
+    optimizer = _Snapshots(model, lr=3.0)
+
+    def train(nan_policy="raise"):
+        with np.errstate(all="ignore"):
+            return nk.fit(model, X, y, loss=nk.CrossEntropyLoss(), optimizer=optimizer, epochs=2,
+                          batch_size=32, progress=False, nan_policy=nan_policy)
+    return model, optimizer, train
+
+
+def test_fit_stops_before_a_diverged_batch_changes_the_parameters():
+    model, optimizer, train = _diverging_run()
+    with pytest.raises(FloatingPointError, match=r"fit: training diverged in epoch 1, batch \d+ "
+                                                 r"of 45: its loss is nan\. That batch's update") as info:
+        train()
+    assert info.value.history["loss"] == []  # no epoch completed
+    # the parameters are as the last step that was made left them, and finite
+    assert optimizer.states
+    for k, p in model.named_parameters():
+        assert np.isfinite(p.data).all(), k
+        np.testing.assert_array_equal(p.data, optimizer.states[-1][k], err_msg=k)
+    # without the policy the NaN reaches every parameter
+    model, _, train = _diverging_run()
+    hist = train("propagate")
+    assert np.isnan(hist["loss"]).all()
+    assert all(np.isnan(p.data).all() for p in model.parameters())
+
+
+class _InfiniteGradient(nk.Module):
+    """Passes its input on; the gradient of its own parameter is inf from a given step on."""
+
+    def __init__(self, from_step):
+        super().__init__()
+        self.scale = nk.Parameter(np.zeros(1))
+        self.from_step, self.steps = from_step, 0
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        self.steps += 1
+        self.scale.grad += np.inf if self.steps >= self.from_step else 1.0
+        return dy
+
+
+def test_fit_stops_at_a_gradient_that_is_not_finite_even_where_the_loss_is():
+    model, X, y = _small_problem()
+    model = nk.Sequential(*model, _InfiniteGradient(from_step=8))
+    optimizer = _Snapshots(model, lr=0.1)
+    with pytest.raises(FloatingPointError, match=r"fit: training diverged in epoch 2, batch 3 of 5: "
+                                                 r"the gradient of 4\.scale has NaN or inf values") as info:
+        nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=optimizer, epochs=3, batch_size=8,
+               progress=False)
+    assert len(info.value.history["loss"]) == 1 and len(optimizer.states) == 7
+    # (the running statistics took that batch's forward, which was finite)
+    for k, p in model.named_parameters():
+        np.testing.assert_array_equal(p.data, optimizer.states[-1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 7, 64, 1001])
+def test_the_gradient_check_finds_every_non_finite_value(rng, dtype, size):
+    from normkit.kernels.cpu.optim import all_finite
+    a = (rng.standard_normal(size) * 1e30).astype(dtype)
+    assert all_finite(a)
+    assert all_finite(np.full(size, np.finfo(dtype).max, dtype))  # large is not infinite
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in {0, size // 2, size - 1}:
+            b = a.copy()
+            b[i] = bad
+            assert not all_finite(b), (bad, i)
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(epochs=-1), "fit: epochs must be an int >= 0, got -1"),
     (dict(epochs=1.5), "fit: epochs must be an int >= 0, got 1.5"),
@@ -285,6 +396,7 @@ def test_fit_takes_nested_lists_as_arrays():
      r"Linear: expected input with 4 features on the last axis, got shape \(2, 5\)"),
     (dict(callbacks=[print, 1]), r"fit: callbacks\[1\] is not callable, got 1"),
     (dict(callbacks=print), r"fit: callbacks must be a list of callables, got a builtin_function"),
+    (dict(nan_policy="omit"), r"fit: nan_policy must be one of \('raise', 'propagate'\), got 'omit'"),
 ])
 def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
     model, X, y = _small_problem()

