@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _checks
 from .kernels.cpu.optim import adam_update, sgd_update
-from .nn.module import Parameter
+from .nn.module import Parameter, _unusable, check_state
 
 
 class Optimizer:
@@ -19,7 +19,15 @@ class Optimizer:
         Usually ``model.parameters()``; at least one.
     lr : float
         Learning rate, > 0.
+
+    Notes
+    -----
+    Subclasses name their hyper-parameters in ``HYPER_PARAMETERS`` (attributes, checked by
+    ``_checked``) and their per-parameter state in ``_buffers``; :meth:`state_dict` and
+    :meth:`load_state_dict` save and restore both, and the step count.
     """
+
+    HYPER_PARAMETERS = ("lr",)
 
     def __init__(self, params, lr):
         name = type(self).__name__
@@ -33,11 +41,10 @@ class Optimizer:
         if len({id(p) for p in self.params}) < len(self.params):
             # PyTorch warns; here it would silently take two steps per step for those
             raise ValueError(f"{name}: a parameter is listed more than once")
-        if not (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and 0 < lr < math.inf):
-            raise ValueError(f"{name}: lr must be a finite number > 0, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = self._checked("lr", lr)
         # what the optimiser's state (momentum buffers, moments) was made for
         self._layouts = [(p.data.shape, p.data.dtype) for p in self.params]
+        self._steps = 0  # steps taken
 
     def zero_grad(self):
         """Set every parameter's gradient to zero."""
@@ -77,6 +84,84 @@ class Optimizer:
         """A hyper-parameter in [0, high), checked."""
         return _checks.real_in(value, 0.0, high, type(self).__name__, name, high_open=True)
 
+    def _checked(self, name, value):
+        """The hyper-parameter ``name`` (one of ``HYPER_PARAMETERS``) set to ``value``, checked:
+        a ValueError naming the optimiser where it is out of range."""
+        if name == "lr":
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and 0 < value < math.inf):
+                raise ValueError(f"{type(self).__name__}: lr must be a finite number > 0, got {value!r}")
+            return float(value)
+        raise KeyError(name)
+
+    def _buffers(self):
+        """{name: one flat array per parameter}: the state each parameter's updates carry."""
+        return {}
+
+    def state_dict(self):
+        """The optimiser's state, to resume training where it stopped (save it beside the model's
+        with ``normkit.save(model, path, optimizer)``).
+
+        Returns
+        -------
+        dict of str to ndarray
+            Copies: ``step`` (steps taken), each hyper-parameter (``lr``, ...) and, per
+            parameter ``i`` in the order the optimiser was given them, its buffers of that
+            parameter's shape and dtype (``momentum_buffer.i`` for SGD, ``exp_avg.i`` and
+            ``exp_avg_sq.i`` for Adam, PyTorch's names).
+        """
+        state = {"step": np.array(self._steps)}
+        for name in self.HYPER_PARAMETERS:
+            state[name] = np.array(getattr(self, name), dtype=np.float64)
+        for name, buffers in self._buffers().items():
+            for i, (buffer, (shape, _)) in enumerate(zip(buffers, self._layouts)):
+                state[f"{name}.{i}"] = buffer.reshape(shape).copy()
+        return state
+
+    def _check_state_dict(self, state):
+        """Raise a ValueError naming every entry of ``state`` that :meth:`load_state_dict` could
+        not load."""
+        expected = self.state_dict()
+
+        def problem(name, value):
+            value = np.asarray(value)
+            why = _unusable(value, expected[name])
+            if why:
+                return why
+            if name in self.HYPER_PARAMETERS:
+                try:
+                    self._checked(name, value.tolist())
+                except ValueError as exc:
+                    return str(exc)
+                return None
+            if name == "step":
+                return None if value >= 0 else f"expected a count >= 0, got {value}"
+            return None if np.isfinite(value).all() else "expected finite values"
+        check_state(f"{type(self).__name__}.load_state_dict", expected, state, problem)
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned (the hyper-parameters too, as PyTorch does):
+        the same parameters' shapes and dtypes are expected, in the same order.
+
+        Parameters
+        ----------
+        state : dict of str to array_like
+
+        Raises
+        ------
+        ValueError
+            Naming every entry that is missing, unexpected, of the wrong shape or out of range;
+            the optimiser is then left unchanged.
+        """
+        self._check_state_dict(state)
+        for name in self.HYPER_PARAMETERS:
+            setattr(self, name, self._checked(name, np.asarray(state[name]).tolist()))
+        self._steps = int(state["step"])
+        for name, buffers in self._buffers().items():
+            for i, buffer in enumerate(buffers):
+                buffer[...] = np.asarray(state[f"{name}.{i}"]).reshape(-1)
+        return self
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum and L2 weight decay, PyTorch's rule:
@@ -93,12 +178,21 @@ class SGD(Optimizer):
         L2 penalty factor, >= 0.
     """
 
+    HYPER_PARAMETERS = ("lr", "momentum", "weight_decay")
+
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(params, lr)
-        self.momentum = self._hyper(momentum, "momentum")
-        self.weight_decay = self._hyper(weight_decay, "weight_decay")
+        self.momentum = self._checked("momentum", momentum)
+        self.weight_decay = self._checked("weight_decay", weight_decay)
         self._buf = [np.zeros(p.data.size, p.data.dtype) for p in self.params]
-        self._steps = 0
+
+    def _checked(self, name, value):
+        if name in ("momentum", "weight_decay"):
+            return self._hyper(value, name)
+        return super()._checked(name, value)
+
+    def _buffers(self):
+        return {"momentum_buffer": self._buf}
 
     def step(self):
         for (data, grad), buf in zip(self._flat_arrays(), self._buf):
@@ -122,27 +216,38 @@ class Adam(Optimizer):
         Adds ``weight_decay * p`` to the gradient (L2, as PyTorch's Adam; not AdamW), >= 0.
     """
 
+    HYPER_PARAMETERS = ("lr", "betas", "eps", "weight_decay")
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"Adam: betas must be a pair of numbers, got {betas!r}") from None
-        self.beta1 = self._hyper(beta1, "betas[0]", 1.0)
-        self.beta2 = self._hyper(beta2, "betas[1]", 1.0)
-        self.eps = self._hyper(eps, "eps")
-        self.weight_decay = self._hyper(weight_decay, "weight_decay")
+        self.betas = self._checked("betas", betas)
+        self.eps = self._checked("eps", eps)
+        self.weight_decay = self._checked("weight_decay", weight_decay)
         # Moments in the parameter dtype, as in PyTorch: the update is memory-bound on them.
         self._m = [np.zeros(p.data.size, p.data.dtype) for p in self.params]
         self._v = [np.zeros(p.data.size, p.data.dtype) for p in self.params]
-        self._t = 0
+
+    def _checked(self, name, value):
+        if name == "betas":
+            try:
+                beta1, beta2 = value
+            except (TypeError, ValueError):
+                raise ValueError(f"Adam: betas must be a pair of numbers, got {value!r}") from None
+            return self._hyper(beta1, "betas[0]", 1.0), self._hyper(beta2, "betas[1]", 1.0)
+        if name in ("eps", "weight_decay"):
+            return self._hyper(value, name)
+        return super()._checked(name, value)
+
+    def _buffers(self):
+        return {"exp_avg": self._m, "exp_avg_sq": self._v}
 
     def step(self):
         arrays = self._flat_arrays()
-        self._t += 1
-        bias1 = 1 - self.beta1 ** self._t
-        bias2 = 1 - self.beta2 ** self._t
-        scalars = (self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, self.lr / bias1,
+        self._steps += 1
+        beta1, beta2 = self.betas
+        bias1 = 1 - beta1 ** self._steps
+        bias2 = 1 - beta2 ** self._steps
+        scalars = (beta1, 1 - beta1, beta2, 1 - beta2, self.lr / bias1,
                    math.sqrt(bias2), self.eps, self.weight_decay)
         typed = {}  # the scalars in each parameter dtype: the update computes in it, as PyTorch's
         for (data, grad), m, v in zip(arrays, self._m, self._v):

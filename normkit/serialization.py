@@ -1,30 +1,47 @@
-"""Saving and loading model state as ``.npz`` files."""
+"""Saving and loading model state (and an optimiser's, to resume training) as ``.npz`` files."""
 
 import os
 
 import numpy as np
 
+OPTIMIZER_PREFIX = "optimizer."  # the file's keys of the optimiser's state
 
-def save(model, path):
-    """Write a model's state (parameters and buffers) to a file.
+
+def save(model, path, optimizer=None):
+    """Write a model's state (parameters and buffers) to a file, and an optimiser's.
 
     Parameters
     ----------
     model : Module
     path : str or path-like
         A ``.npz`` file, written with NumPy's ``savez`` (``.npz`` is added if missing).
+    optimizer : SGD or Adam, optional
+        Its state too (``optimizer.state_dict()``, under keys ``"optimizer.<name>"``): a
+        checkpoint that :func:`load_state` resumes training from.
     """
-    np.savez(path, **model.state_dict())
+    state = model.state_dict()
+    if optimizer is not None:
+        clashing = sorted(k for k in state if k.startswith(OPTIMIZER_PREFIX))
+        if clashing:
+            raise ValueError(f"save: the model's state has keys {clashing}, which would be taken "
+                             "for the optimiser's")
+        state.update({OPTIMIZER_PREFIX + k: v for k, v in optimizer.state_dict().items()})
+    np.savez(path, **state)
 
 
-def load_state(model, path):
-    """Load a file written by :func:`save` into a model of the same structure.
+def load_state(model, path, optimizer=None):
+    """Load a file written by :func:`save` into a model of the same structure (and its
+    optimiser's state into ``optimizer``).
 
     Parameters
     ----------
     model : Module
     path : str, path-like or file object
         As given to :func:`save`: a path without ``.npz`` finds the file ``save`` wrote.
+    optimizer : SGD or Adam, optional
+        An optimiser of the same kind, over the model's parameters in the order of the one
+        saved; the file must hold its state. Without it, any optimiser state in the file is
+        ignored (a checkpoint loads as a model).
 
     Returns
     -------
@@ -35,10 +52,22 @@ def load_state(model, path):
     ------
     ValueError
         For missing, unexpected, wrongly shaped or non-numeric entries (all of them named);
-        the model is then left unchanged.
+        the model and the optimiser are then left unchanged.
     """
     if (isinstance(path, (str, os.PathLike)) and not os.path.exists(path)
             and not os.fspath(path).endswith(".npz")):
         path = os.fspath(path) + ".npz"  # what np.savez wrote
     with np.load(path, allow_pickle=False) as data:
-        return model.load_state_dict({k: data[k] for k in data.files})
+        state = {k: data[k] for k in data.files}
+    model_state = {k: v for k, v in state.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    if optimizer is None:
+        return model.load_state_dict(model_state)
+    optimizer_state = {k[len(OPTIMIZER_PREFIX):]: v for k, v in state.items()
+                       if k.startswith(OPTIMIZER_PREFIX)}
+    if not optimizer_state:
+        raise ValueError("load_state: the file holds no optimiser state (save(model, path, "
+                         "optimizer) writes it)")
+    model._check_state_dict(model_state)  # both checked before either changes
+    optimizer._check_state_dict(optimizer_state)
+    optimizer.load_state_dict(optimizer_state)
+    return model.load_state_dict(model_state)

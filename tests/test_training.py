@@ -431,6 +431,94 @@ def test_optimisers_match_torch(rng, opt_name, kwargs, dtype, rtol, atol):
         tp.grad = torch.from_numpy(g.copy())
         topt.step()
     np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=rtol, atol=atol)
+    # and the state a checkpoint keeps is PyTorch's, under its names
+    ours, theirs = opt.state_dict(), topt.state_dict()
+    assert ours["step"] == 5 and ours["lr"] == theirs["param_groups"][0]["lr"]
+    their_state = theirs["state"].get(0)  # (SGD without momentum keeps none)
+    if their_state is not None:
+        for name, value in their_state.items():
+            if name != "step":
+                np.testing.assert_allclose(ours[f"{name}.0"], value.numpy(), rtol=rtol, atol=atol)
+        assert {k[:-2] for k in ours if k.endswith(".0")} == set(their_state) - {"step"}
+
+
+def _steps(optimizer, grads):
+    for g in grads:
+        for p, gp in zip(optimizer.params, g):
+            p.grad[...] = gp
+        optimizer.step()
+
+
+@pytest.mark.parametrize("opt_name,kwargs", [("SGD", dict(lr=0.05, momentum=0.9)),
+                                             ("Adam", dict(lr=0.01, betas=(0.8, 0.99)))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_checkpoint_resumes_training_bit_identically(rng, tmp_path, opt_name, kwargs, dtype):
+    def make():
+        model = nk.seed_model(6, norm="batch", hidden=16, dtype=dtype, rng=np.random.default_rng(1))
+        return model, getattr(nk, opt_name)(model.parameters(), **kwargs)
+    grads = [[rng.standard_normal(p.shape).astype(dtype) for p in make()[0].parameters()]
+             for _ in range(6)]
+    straight, opt_straight = make()
+    _steps(opt_straight, grads)
+    first, opt_first = make()
+    _steps(opt_first, grads[:2])
+    nk.save(first, tmp_path / "checkpoint", opt_first)
+    resumed, opt_resumed = make()
+    nk.load_state(resumed, tmp_path / "checkpoint", opt_resumed)
+    _steps(opt_resumed, grads[2:])
+    for (k, p), q in zip(resumed.named_parameters(), straight.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=k)
+    # the model alone loads from a checkpoint too
+    model_only, _ = make()
+    nk.load_state(model_only, tmp_path / "checkpoint")
+    for p, q in zip(model_only.parameters(), first.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def _adam_after_two_steps(rng):
+    model = nk.Sequential(nk.Linear(3, 4, rng=rng), nk.BatchNorm(4))
+    optimizer = nk.Adam(model.parameters(), lr=0.01)
+    _steps(optimizer, [[rng.standard_normal(p.shape) for p in model.parameters()] for _ in range(2)])
+    return model, optimizer
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.pop("exp_avg_sq.3"), r"missing keys \['exp_avg_sq.3'\]"),
+    (lambda s: s.update({"momentum_buffer.0": np.ones((4, 3))}), r"unexpected keys \['momentum_buffer.0'\]"),
+    (lambda s: s.update({"exp_avg.1": np.ones(3)}), r"exp_avg.1: expected shape \(4,\), got \(3,\)"),
+    (lambda s: s.update({"lr": np.array(-0.1)}), r"lr: Adam: lr must be a finite number > 0, got -0.1"),
+    (lambda s: s.update({"betas": np.array([0.9, 1.5])}), r"betas: Adam: betas\[1\] must be a number in \[0, 1\)"),
+    (lambda s: s.update({"step": np.array(-1)}), r"step: expected a count >= 0, got -1"),
+    (lambda s: s.update({"step": np.array(2.5)}), r"step: expected whole numbers, got 2.5"),
+    (lambda s: s["exp_avg.3"].__setitem__(0, np.nan), r"exp_avg.3: expected finite values"),
+    (lambda s: s.update({"exp_avg.2": s["exp_avg.2"] + 1j}), r"exp_avg.2: expected real numbers"),
+])
+def test_bad_optimiser_states_raise_and_change_nothing(rng, edit, match):
+    model, optimizer = _adam_after_two_steps(rng)
+    # every entry differs, so that a partial load would show
+    state = {k: v + (0.01 if k == "betas" else 1) for k, v in optimizer.state_dict().items()}
+    edit(state)
+    before = optimizer.state_dict()
+    with pytest.raises(ValueError, match=match):
+        optimizer.load_state_dict(state)
+    for k, v in optimizer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_loading_a_checkpoint_checks_model_and_optimiser_before_changing_either(rng, tmp_path):
+    model, optimizer = _adam_after_two_steps(rng)
+    nk.save(model, tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="load_state: the file holds no optimiser state"):
+        nk.load_state(model, tmp_path / "model.npz", optimizer)
+    nk.save(model, tmp_path / "checkpoint.npz", optimizer)
+    other, sgd = _adam_after_two_steps(rng)
+    sgd = nk.SGD(other.parameters(), lr=0.1, momentum=0.9)  # not the optimiser saved
+    before = other.state_dict() | {f"optimizer.{k}": v for k, v in sgd.state_dict().items()}
+    with pytest.raises(ValueError, match=r"SGD.load_state_dict: missing keys \['momentum', 'momentum_buffer.0'"):
+        nk.load_state(other, tmp_path / "checkpoint.npz", sgd)
+    after = other.state_dict() | {f"optimizer.{k}": v for k, v in sgd.state_dict().items()}
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
 
 
 @pytest.mark.parametrize("opt_name,kwargs,message", [
@@ -484,7 +572,7 @@ def test_optimiser_step_checks_every_parameter_before_changing_any(opt_name, kwa
         optimizer.step()
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p.data, b)  # params[0] first in the list: not updated
-    assert getattr(optimizer, "_t", getattr(optimizer, "_steps", None)) == 1
+    assert optimizer.state_dict()["step"] == 1
 
 
 def test_datasets_are_standardised_splits():

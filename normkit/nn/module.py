@@ -22,6 +22,30 @@ def _unusable(value, current):
     return None
 
 
+def check_state(op, expected, state, value_problem):
+    """Raise a ValueError from ``op`` naming every entry of ``state`` that is missing, unexpected,
+    of the wrong shape or (``value_problem(name, value)``: a reason or None) of an unusable
+    value, against ``expected`` ({name: ndarray}); all are checked before anything is loaded."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    common = sorted(set(expected) & set(state))
+    wrong = [f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
+             for k in common if np.shape(state[k]) != expected[k].shape]
+    unusable = [f"{k}: {why}" for k in common if np.shape(state[k]) == expected[k].shape
+                and (why := value_problem(k, state[k]))]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected}")
+    if wrong:
+        parts.append("wrong shapes: " + "; ".join(wrong))
+    if unusable:
+        parts.append("wrong values: " + "; ".join(unusable))
+    if parts:
+        raise ValueError(f"{op}: " + ", ".join(parts))
+
+
 class Parameter:
     """A trainable array and its gradient.
 
@@ -187,30 +211,21 @@ class Module:
         else:  # scalar buffers such as num_batches_tracked
             setattr(self, name, type(current)(value))
 
+    def _check_state_dict(self, state):
+        """Raise a ValueError naming every entry of ``state`` that :meth:`load_state_dict` could
+        not load."""
+        expected = self.state_dict()
+        owners = {name: (module, attr) for name, module, attr in self._state_targets()}
+
+        def problem(name, value):
+            module, attr = owners[name]
+            return _unusable(value, expected[name]) or module._state_problem(attr, np.asarray(value))
+        check_state(f"{type(self).__name__}.load_state_dict", expected, state, problem)
+
     def load_state_dict(self, state):
         """Load a state dict; entries that are missing, unexpected or of the wrong shape raise a
         ValueError naming all of them, and then nothing is changed."""
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        common = sorted(set(expected) & set(state))
-        wrong = [f"{k}: expected shape {expected[k].shape}, got {np.shape(state[k])}"
-                 for k in common if np.shape(state[k]) != expected[k].shape]
-        shaped = {k for k in common if np.shape(state[k]) == expected[k].shape}
-        unusable = [f"{name}: {why}" for name, module, attr in self._state_targets()
-                    if name in shaped and (why := _unusable(state[name], expected[name])
-                                           or module._state_problem(attr, np.asarray(state[name])))]
-        if missing or unexpected or wrong or unusable:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unexpected:
-                parts.append(f"unexpected keys {unexpected}")
-            if wrong:
-                parts.append("wrong shapes: " + "; ".join(wrong))
-            if unusable:
-                parts.append("wrong values: " + "; ".join(unusable))
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + ", ".join(parts))
+        self._check_state_dict(state)
         for name, module, attr in self._state_targets():
             module._set_state(attr, state[name])
         return self
