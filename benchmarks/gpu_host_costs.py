@@ -5,9 +5,17 @@
 Needs a GPU and numba-cuda. Small arrays (32 x 128), so that the GPU never holds the host
 back: every figure is host time (Python, numba-cuda, the driver), which is what sets normkit's
 speed below ~100 MB (see benchmarks/RESULTS.md).
+
+    python benchmarks/gpu_host_costs.py --stub-driver
+
+needs no GPU: the host work of whole calls (device arrays in, device arrays out) with the
+driver stubbed (tests/cuda_host_stub.py), so without the driver's own share (a launch ~5.5 us,
+measured on the H100 machine): the Python that normkit and numba-cuda run, on this machine.
 """
 
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 from numba import cuda
@@ -18,10 +26,44 @@ from normkit.kernels.cuda import _launcher, _pool, _vectors, launch as host
 from normkit.kernels.cuda import layernorm as ln
 from normkit.kernels.cuda._launcher import Shaped
 
-from gpu_profile import host_us  # benchmarks/, this script's folder
+
+def stubbed_main():
+    """Host microseconds per whole call with the driver stubbed: the best of 7 runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/
+    from tests.cuda_host_stub import stubbed_driver
+    with stubbed_driver() as stub:
+        x = stub.device_array((32, 128), np.float32)
+        w, b = stub.device_array((128,), np.float32), stub.device_array((128,), np.float32)
+        xb = stub.device_array((64, 256), np.float32)
+        vectors = [stub.device_array((256,), np.float32) for _ in range(4)]
+        _, saved = F.layer_norm(x, 128, w, b)
+        _, bn_saved = F.batch_norm(xb, *vectors, training=True)
+        calls = {
+            "LayerNorm forward (32, 128)": lambda: F.layer_norm(x, 128, w, b),
+            "LayerNorm backward": lambda: F.layer_norm_backward(x, saved),
+            "BatchNorm training forward (64, 256)": lambda: F.batch_norm(xb, *vectors, training=True),
+            "BatchNorm eval": lambda: F.batch_norm(xb, *vectors, training=False),
+            "BatchNorm backward": lambda: F.batch_norm_backward(xb, bn_saved),
+        }
+        for name, fn in calls.items():
+            stub.launches.clear()
+            fn()
+            launches = len(stub.launches)
+            best = min(_seconds_per_call(fn) for _ in range(7))
+            print(f"{name:>38}: {best * 1e6:6.1f} us, {launches} launches", flush=True)
+    return 0
+
+
+def _seconds_per_call(fn, n=1000):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
 
 
 def main():
+    from gpu_profile import host_us  # benchmarks/, this script's folder
+
     rows, cols = 32, 128
     x = cuda.to_device(np.ones((rows, cols), np.float32))
     w, b = cuda.to_device(np.ones(cols, np.float32)), cuda.to_device(np.zeros(cols, np.float32))
@@ -60,4 +102,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stubbed_main() if "--stub-driver" in sys.argv[1:] else main())
