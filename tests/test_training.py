@@ -260,6 +260,33 @@ def test_a_callback_stops_training_early():
         np.testing.assert_array_equal(stopped.state_dict()[k], v, err_msg=k)
 
 
+def test_a_callback_can_schedule_the_learning_rate():
+    def train(schedule=None):
+        model, X, y = _small_problem()
+        optimizer = nk.Adam(model.parameters(), lr=0.05)
+        snapshots = []
+
+        def snapshot(epoch, model, history):
+            snapshots.append([p.data.copy() for p in model.parameters()])
+
+        def decay(epoch, model, history):
+            optimizer.lr = schedule(epoch)
+        nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=optimizer, epochs=3, batch_size=8,
+               progress=False, callbacks=[snapshot] + ([decay] if schedule else []))
+        return optimizer, snapshots
+
+    steady = train()[1]
+    optimizer, decayed = train(lambda epoch: 0.05 * 10.0 ** (-3 * epoch))
+    assert optimizer.lr == pytest.approx(5e-11)
+    for a, b in zip(steady[0], decayed[0]):  # the same first epoch
+        np.testing.assert_array_equal(a, b)
+
+    def change(snapshots, epoch):  # the largest change of a value over an epoch
+        return max(np.abs(a - b).max() for a, b in zip(snapshots[epoch], snapshots[epoch - 1]))
+    # Adam moves a value by about lr a step whatever the gradient: at 5e-5 an epoch barely moves
+    assert change(decayed, 1) < 1e-2 * change(steady, 1)
+
+
 def test_fit_takes_nested_lists_as_arrays():
     model, X, y = _small_problem()
     h_arrays = nk.fit(model, X, y, loss=nk.BCELoss(), optimizer=nk.SGD(model.parameters(), lr=0.1),
