@@ -154,6 +154,10 @@ class Optimizer:
             the optimiser is then left unchanged.
         """
         self._check_state_dict(state)
+        return self._load_checked(state)
+
+    def _load_checked(self, state):
+        """Load a state that :meth:`_check_state_dict` accepted."""
         for name in self.HYPER_PARAMETERS:
             setattr(self, name, self._checked(name, np.asarray(state[name]).tolist()))
         self._steps = int(state["step"])

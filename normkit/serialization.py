@@ -69,5 +69,5 @@ def load_state(model, path, optimizer=None):
                          "optimizer) writes it)")
     model._check_state_dict(model_state)  # both checked before either changes
     optimizer._check_state_dict(optimizer_state)
-    optimizer.load_state_dict(optimizer_state)
-    return model.load_state_dict(model_state)
+    optimizer._load_checked(optimizer_state)
+    return model._load_checked(model_state)

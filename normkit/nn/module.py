@@ -226,6 +226,10 @@ class Module:
         """Load a state dict; entries that are missing, unexpected or of the wrong shape raise a
         ValueError naming all of them, and then nothing is changed."""
         self._check_state_dict(state)
+        return self._load_checked(state)
+
+    def _load_checked(self, state):
+        """Load a state that :meth:`_check_state_dict` accepted."""
         for name, module, attr in self._state_targets():
             module._set_state(attr, state[name])
         return self

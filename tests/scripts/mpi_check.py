@@ -181,10 +181,11 @@ def check_fit_guards():
             samples=29 if rank == size - 1 else 30)
     refused("seed: 0 on rank 0, 1 on rank 1", 2 * size, seed=rank)
     # NaN in one process's data: refused on all, the others told which rank
-    X[7, 2] = np.nan if rank == size - 1 else X[7, 2]
+    value = X[7, 2]
+    X[7, 2] = np.nan if rank == size - 1 else value
     refused(("fit: X" if rank == size - 1 else f"fit: rank {size - 1}'s X")
             + " has NaN or inf values in 1 of 30 samples, the first at index 7", 2 * size)
-    X[7, 2] = 0.5
+    X[7, 2] = value
     # plain BatchNorm normalises each slice alone: two samples a process, in every batch
     refused(f"batch_size {2 * size - 1} is too small for {size} processes", 2 * size - 1)
     refused(f"X's sample count {2 * size - 1} is too small", 2 * size, samples=2 * size - 1)
