@@ -56,11 +56,12 @@ def test_layer_norm_launches_on_the_callers_arrays_and_keeps_its_statistics_by_t
     dy = stub.device_array((32, 128), np.float32)
     dx, dweight, dbias = F.layer_norm_backward(dy, saved)
     assert [launch.name for launch in stub.launches] == [
-        "backward_dx_vec4_kernel", "param_grad_kernel", "sum_partials_kernel"]
+        "backward_dx_vec4_kernel", "param_grad_kernel"]  # its last blocks add up the partials
     dya, xa, statsa, wa, dxa = stub.launches[0].arguments()
     assert (dya, xa, statsa, wa, dxa) == (c_array(dy), c_array(x), stats, c_array(w), c_array(dx))
-    partials, dwa, dba = stub.launches[2].arguments()
-    assert stub.launches[1].arguments()[3] == partials
+    dya, xa, statsa, partials, arrivals, dwa, dba = stub.launches[1].arguments()
+    assert (dya, xa, statsa) == (c_array(dy), c_array(x), stats)
+    assert partials[1] == F64 and arrivals[1:3] == (np.dtype(np.int32), (4,))  # 128 / 32 columns
     assert dwa[0] == address(dweight) and dba[0] == address(dbias)
     assert dweight.dtype == F32 and dweight.shape == (128,) and dbias.shape == (128,)
 
@@ -129,6 +130,41 @@ def test_batch_norm_training_reads_the_input_and_updates_the_running_statistics_
                if c_array(mean) in args and c_array(var) in args]
     assert len(updates) == 1 and saved.running_stats_updated is None  # (not known: on the device)
     assert y.shape == (64, 256) and y.dtype == F32
+    # the sums kernel's last blocks write the statistics and coefficients and update the
+    # running statistics: no finalize or update kernel
+    assert list(launched) == ["wide_shifted_sums_kernel", "affine_wide_kernel"]
+    *_, coef, stats, update, _, _, mean_a, var_a = launched["wide_shifted_sums_kernel"]
+    assert stats[0] == address(saved.mean) and coef in launched["affine_wide_kernel"]
+    assert (update, mean_a, var_a) == (1, c_array(mean), c_array(var))
+
+
+@pytest.mark.parametrize("shape,kernels", [
+    ((64, 256), ["wide_shifted_sums_kernel", "affine_wide_kernel"]),
+    ((4, 8, 40), ["runs_shifted_sums_kernel", "affine_runs_kernel"]),
+    ((4, 8, 5), ["wide_shifted_sums_kernel", "finalize_stats_kernel", "affine_wide_kernel",
+                 "update_running_kernel"])])
+def test_batch_norm_training_finishes_each_channel_in_its_sums_kernel(stub, shape, kernels):
+    x = stub.device_array(shape, np.float32)
+    F.batch_norm(x, *_batch_norm_vectors(stub, shape[1]), training=True)
+    assert [launch.name for launch in stub.launches] == kernels
+    update = stub.launches[0].arguments()[-5]
+    assert update == (len(kernels) == 2)  # the sums kernel updates the running statistics
+
+
+@pytest.mark.parametrize("shape,kernels", [
+    ((64, 256), ["wide_grad_sums_kernel", "grad_input_wide_kernel"]),
+    ((4, 8, 40), ["runs_grad_sums_kernel", "grad_input_runs_kernel"]),
+    # a channel over several columns: its sums' last blocks cannot finish it
+    ((4, 8, 5), ["wide_grad_sums_kernel", "finalize_grads_kernel", "grad_input_wide_kernel"])])
+def test_batch_norm_backward_finishes_each_channel_in_its_sums_kernel(stub, shape, kernels):
+    x = stub.device_array(shape, np.float32)
+    _, saved = F.batch_norm(x, None, None, *_batch_norm_vectors(stub, shape[1])[2:], training=True)
+    stub.launches.clear()
+    _, dweight, dbias = F.batch_norm_backward(stub.device_array(shape, np.float32), saved)
+    assert [launch.name for launch in stub.launches] == kernels
+    *_, coef, dba, dwa = stub.launches[0].arguments()
+    assert (dwa[0], dba[0]) == (address(dweight), address(dbias))
+    assert coef in stub.launches[-1].arguments()
 
 
 def test_batch_norm_reads_a_channels_last_input_in_place_and_answers_in_its_order(stub):

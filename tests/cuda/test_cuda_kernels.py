@@ -76,6 +76,48 @@ def test_layer_norm_matches_reference(shape, ns, dtype):
         _close(got, want, dtype, scale)
 
 
+def _arrival_counters():
+    """This thread's block counters of the sums kernels (see _reduce.last_to_arrive)."""
+    from normkit.kernels.cuda import _pool
+    return [a.copy_to_host() for key, a in _pool._threads.scratch.items()
+            if key[0].endswith("arrivals")]
+
+
+@pytest.mark.parametrize("op,shape", [("bn", (20, 6)), ("bn", (12, 40)), ("bn", (4, 2, 40)),
+                                      ("bn", (9, 3, 5)),  # several columns a channel
+                                      ("ln", (12, 40))])
+def test_sums_over_many_blocks_are_finished_by_the_last_one(op, shape, monkeypatch):
+    """Many blocks for each channel (or column) of the sums kernels, whose last block to finish
+    merges the others' partials, with a grid sized for more SMs than the simulator's. Each
+    launch must leave the block counters at zero for the next (or no block of the next would
+    find itself last)."""
+    from normkit.kernels.cuda import launch
+    threads, block2d, _ = launch._geometry()
+    monkeypatch.setattr(launch, "_geometry", lambda: (threads, block2d, 40))
+    rng = np.random.default_rng(abs(hash((op, shape))) % 2**32)
+    c = shape[1]
+    x = rng.standard_normal(shape) * 2 + 3
+    dy = rng.standard_normal(shape)
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    if op == "bn":  # running statistics on the device: updated by the last block of all
+        rm, rv = np.zeros(c), np.ones(c)
+        rmd, rvd = cuda.to_device(rm), cuda.to_device(rv)
+        y, saved = F.batch_norm(x, rmd, rvd, w, b, training=True, backend="cuda")
+        yr, sr = R.batch_norm(x, rm, rv, w, b, training=True)
+        np.testing.assert_allclose(np.stack((rmd.copy_to_host(), rvd.copy_to_host())),
+                                   np.stack((rm, rv)), rtol=1e-12)
+        got, want = F.batch_norm_backward(dy, saved), R.batch_norm_backward(dy, sr)
+    else:
+        y, saved = F.layer_norm(x, c, w, b, backend="cuda")
+        yr, sr = R.layer_norm(x, c, w, b)
+        got, want = F.layer_norm_backward(dy, saved), R.layer_norm_backward(dy, sr)
+    _close(y, yr, np.float64)
+    for g, r in zip(got, want):
+        _close(g, r, np.float64, np.sqrt(x.size))
+    counters = _arrival_counters()
+    assert counters and all((a == 0).all() for a in counters)
+
+
 @pytest.mark.parametrize("x_dtype,dy_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
 @pytest.mark.parametrize("on_device", [False, True])
 def test_dy_of_the_other_float_dtype(x_dtype, dy_dtype, on_device):
@@ -279,7 +321,8 @@ def test_parameters_changed_in_place_are_sent_again():
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape,axis", [((9, 5), 1), ((2, 3, 40), 1)])  # wide and runs layouts
+@pytest.mark.parametrize("shape,axis", [((9, 5), 1), ((2, 3, 40), 1),  # wide and runs layouts
+                                        ((4, 3, 5), 1)])  # wide, several columns a channel
 @pytest.mark.parametrize("momentum", [0.3, None])
 def test_batch_norm_with_device_parameters_and_running_stats(shape, axis, dtype, momentum):
     rng = np.random.default_rng(abs(hash((shape, momentum))) % 2**32)
@@ -312,9 +355,10 @@ def test_batch_norm_with_device_parameters_and_running_stats(shape, axis, dtype,
         _close(_host(got), want, dtype, np.sqrt(n))
 
 
-def test_device_running_stats_skip_a_non_finite_batch():
-    x = np.ones((6, 3), np.float32)
-    x[2, 1] = np.nan
+@pytest.mark.parametrize("shape", [(6, 3), (2, 3, 40), (2, 3, 5)])  # each way of updating
+def test_device_running_stats_skip_a_non_finite_batch(shape):
+    x = np.ones(shape, np.float32)
+    x[(1, 1) + (2,) * (len(shape) - 2)] = np.nan
     rm, rv = np.array([0.5, 1.0, 2.0], np.float32), np.array([1.0, 2.0, 3.0], np.float32)
     rmd, rvd = cuda.to_device(rm), cuda.to_device(rv)
     y, _ = F.batch_norm(cuda.to_device(x), rmd, rvd, training=True)

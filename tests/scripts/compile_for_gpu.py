@@ -6,8 +6,10 @@ tests/test_cuda_simulator.py, in its own process: NUMBA_ENABLE_CUDASIM must be u
 LAUNCHES is the pickled list of (module, kernel name, argument types) that tests/cuda/conftest.py
 recorded under the simulator; each is compiled for compute capability MAJOR.MINOR with the
 kernel's own options, as numba-cuda's dispatcher would compile it on first launch; the
-``*_vec4_*`` kernels must load and store 16 bytes at a time. Also checks that every kernel
-(every ``@cuda.jit`` function but device functions) in normkit's CUDA modules was launched.
+``*_vec4_*`` kernels must load and store 16 bytes at a time, and those whose last block
+finishes a reduction must fence, count blocks atomically and read past L1. Also checks that
+every kernel (every ``@cuda.jit`` function but device functions) in normkit's CUDA modules was
+launched.
 Prints one line per signature and ``compiled N signatures of K kernels``; exits non-zero if a
 kernel does not compile or was never launched, and with NO_COMPILER (77) if numba-cuda's GPU
 compiler (NVVM and NVRTC: ``pip install "numba-cuda[cu13]"``) is not installed.
@@ -24,6 +26,9 @@ from numba import cuda
 NO_COMPILER = 77
 MODULES = ["normkit.kernels.cuda.batchnorm", "normkit.kernels.cuda.layernorm",
            "normkit.kernels.cuda._strided"]
+# kernels whose last block to finish reads what the others wrote
+LAST_BLOCK_KERNELS = {"wide_shifted_sums_kernel", "runs_shifted_sums_kernel", "wide_grad_sums_kernel",
+                      "runs_grad_sums_kernel", "param_grad_kernel"}
 
 
 def kernels_defined():
@@ -73,6 +78,9 @@ def main(record_file, cc_text):
             assert ".entry" in ptx, "no kernel entry point in the PTX"
             if "vec4" in name:  # what these kernels exist for (normkit/kernels/cuda/_vector_io.py)
                 assert "ld.global.v4" in ptx and "st.global.v4" in ptx, "no 16-byte loads and stores"
+            if name in LAST_BLOCK_KERNELS:  # see normkit/kernels/cuda/_reduce.last_to_arrive
+                assert all(op in ptx for op in ("membar.gl", "atom.global.add", "ld.global.cg")), \
+                    "no fence, block counter or L2 loads for the last block's step"
             compiled.add((module, name))
             print(f"ok      {module}.{name}{argtypes}")
         except Exception as exc:

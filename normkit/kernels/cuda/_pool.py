@@ -205,12 +205,15 @@ _threads = threading.local()
 _SCRATCH_ENTRIES = 32
 
 
-def scratch(name, shape, dtype, ctx):
+def scratch(name, shape, dtype, ctx, zeroed=False):
     """A device array that only this call's kernels use (block partials, coefficients): the
     same one for every call of this thread with this name, shape and dtype, so it costs no
     allocation after the first call. Safe because normkit's kernels and copies all run in order
     on the default stream: a later call's kernels write it only after the earlier call's
-    kernels have read it. Per thread, because two threads' kernels interleave on that stream."""
+    kernels have read it. Per thread, because two threads' kernels interleave on that stream.
+
+    ``zeroed``: filled with zeros when first made (not on later calls: for counters that the
+    kernels using them set back to zero, see ``_reduce.last_to_arrive``)."""
     arrays = getattr(_threads, "scratch", None)
     if arrays is None:
         arrays = _threads.scratch = {}
@@ -219,8 +222,15 @@ def scratch(name, shape, dtype, ctx):
     if a is None:
         if len(arrays) >= _SCRATCH_ENTRIES:
             arrays.pop(next(iter(arrays)))  # oldest first
-        a = arrays[key] = empty(shape, dtype, ctx)
+        a = arrays[key] = (cuda.to_device(np.zeros(shape, dtype)) if zeroed
+                           else empty(shape, dtype, ctx))
     return a
+
+
+def arrivals(name, n, ctx):
+    """``n`` int32 counters of blocks that have finished, zero between launches (see
+    ``_reduce.last_to_arrive``): a :func:`scratch` array."""
+    return scratch(name, (n,), np.int32, ctx, zeroed=True)
 
 
 def cached_bytes():

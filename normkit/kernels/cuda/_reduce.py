@@ -7,7 +7,7 @@ sums; the kernels run unchanged on either, and tests/cuda runs on both (and runs
 version under the simulator too, with the shuffles emulated: tests/cuda/test_warp_reductions.py).
 """
 
-from numba import cuda
+from numba import cuda, int32
 
 from . import simulator
 
@@ -110,6 +110,74 @@ def block_partials(s1, s2, sa, sb, partials, col):
 
 
 @cuda.jit(device=True)
+def _load_plain(a, i, j):
+    return a[i, j]
+
+
+@cuda.jit(device=True)
+def _load_from_l2(a, i, j):
+    return cuda.ldcg(a, (i, j))
+
+
+# a[i, j], read past the SM's L1 cache (``ld.global.cg``), for values other blocks of the same
+# kernel wrote (see last_to_arrive). The simulator has no such loads, nor caches.
+load_shared_by_blocks = _load_plain if simulator() else _load_from_l2
+
+
+@cuda.jit(device=True)
+def last_to_arrive(arrivals, i, expected):
+    """Whether this block is the last of the ``expected`` blocks that share counter
+    ``arrivals[i]`` to get here; the same answer in every thread of the block, which must all
+    call this, after writing what the last block will read.
+
+    Why: it lets the last block of a reduction finish it (merge the others' partial sums) in the
+    same kernel, instead of in a second launch that costs ~11 us of host time (the "threadFence
+    reduction" of CUDA's programming guide). The fence before the count makes this block's
+    writes visible to the block that counts last; that block fences again before it reads them
+    (with :data:`load_shared_by_blocks`). The counter is set back to 0 by the last block, so
+    ``arrivals`` (zero when allocated) is ready for the next launch: a kernel that uses it must
+    run to its end, which a kernel that faults does not, but then the CUDA context is lost too.
+    """
+    last = cuda.shared.array(1, int32)
+    cuda.threadfence()
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0 and cuda.threadIdx.y == 0:
+        is_last = cuda.atomic.add(arrivals, i, 1) == expected - 1
+        if is_last:
+            arrivals[i] = 0
+        last[0] = 1 if is_last else 0
+    cuda.syncthreads()
+    if last[0] == 0:
+        return False
+    cuda.threadfence()
+    return True
+
+
+@cuda.jit(device=True)
+def column_totals(partials, col, n_cols, sh1, sh2):
+    """The sums over every part of ``partials`` ((2P, columns), as :func:`column_partials`
+    writes them) of column ``col``, for the threads of row 0 of a 2-D block (threadIdx.y
+    parts in turn, then their sums added through ``sh1``/``sh2``). Every thread of the block
+    must call this."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    n_parts = partials.shape[0] // 2
+    s1 = 0.0
+    s2 = 0.0
+    if col < n_cols:
+        for p in range(ty, n_parts, cuda.blockDim.y):
+            s1 += load_shared_by_blocks(partials, p, col)
+            s2 += load_shared_by_blocks(partials, n_parts + p, col)
+    sh1[ty, tx] = s1
+    sh2[ty, tx] = s2
+    cuda.syncthreads()
+    if ty == 0:
+        for j in range(1, cuda.blockDim.y):
+            s1 += sh1[j, tx]
+            s2 += sh2[j, tx]
+    return s1, s2
+
+
+@cuda.jit(device=True)
 def partial_sums(partials, col0, group, valid, sa, sb):
     """The sums over every part of ``partials`` ((2P, columns): rows 0..P-1 hold partial sums of
     a first quantity, rows P..2P-1 of a second) and over columns col0..col0+group-1, by one row
@@ -123,6 +191,6 @@ def partial_sums(partials, col0, group, valid, sa, sb):
         for i in range(cuda.threadIdx.x, n_parts * group, cuda.blockDim.x):
             p = i // group
             j = col0 + i - p * group
-            s1 += partials[p, j]
-            s2 += partials[n_parts + p, j]
+            s1 += load_shared_by_blocks(partials, p, j)
+            s2 += load_shared_by_blocks(partials, n_parts + p, j)
     return row_sum2(s1, s2, sa, sb)

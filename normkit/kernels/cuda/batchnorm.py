@@ -6,11 +6,15 @@
   contiguous inner runs.
 
 Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first value (the CPU
-module explains why this is exact); blocks write partial sums, and a one-warp-per-channel
-kernel turns them into the mean, variance and the coefficients of the elementwise pass, on the
-device: no host round trip between the two passes. Running statistics that live on the device
-are updated there too (``update_running_kernel``), and eval mode with them computes its
-coefficients there (``eval_coefficients_kernel``).
+module explains why this is exact); blocks write partial sums, and the last block of a channel's
+blocks to finish (``_reduce.last_to_arrive``) turns them into the mean, variance and the
+coefficients of the elementwise pass, on the device and in the same kernel: no host round trip,
+and no second launch (~11 us of host time). In the wide layout that takes a channel per column
+(inner = 1); otherwise a one-warp-per-channel kernel (``finalize_stats_kernel``) follows. The
+backward's sums end the same way. Running statistics that live on the device
+are updated there too, by the last of those last blocks (or by ``update_running_kernel`` after a
+finalize kernel), and eval mode with them computes its coefficients there
+(``eval_coefficients_kernel``).
 
 The elementwise passes have a kernel per layout, so that the channel of a value is known per
 column (wide) or per row (runs) and found with one integer division per column or row, not per
@@ -25,16 +29,23 @@ import math
 
 from numba import cuda, float64, int32
 
-from ._reduce import BLOCK, add4, block_partials, column_partials, partial_sums
+from ._reduce import (BLOCK, add4, block_partials, column_partials, column_totals,
+                      last_to_arrive, load_shared_by_blocks, partial_sums)
 from ._vector_io import load4_row, store4_row
 
 WIDE_X, WIDE_Y = 32, 8  # block shape of the wide reduction kernels
 
 
 @cuda.jit
-def wide_shifted_sums_kernel(x, col_group, partials):
+def wide_shifted_sums_kernel(x, col_group, partials, arrivals, count, eps, weight, bias, coef,
+                             stats, update, factor, unbiased, running_mean, running_var):
     """partials[blockIdx.y, l] and partials[P + blockIdx.y, l] (P = gridDim.y): this block's
-    rows' sum of (x - K) and of its square, K = x[0, first column of l's channel]."""
+    rows' sum of (x - K) and of its square, K = x[0, first column of l's channel]. With a
+    channel per column (``col_group`` 1), the last block of each column of blocks to finish
+    writes its channels' statistics and coefficients (see :func:`finalize_stats_kernel`), and
+    if ``update`` is 1, the last of those updates the running statistics (see
+    :func:`update_running_kernel`; ``arrivals`` has a counter for each column of blocks and
+    one for them all)."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
@@ -59,12 +70,22 @@ def wide_shifted_sums_kernel(x, col_group, partials):
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
+    # (col_group is the same in every block: all of a block's threads reach the barriers or none)
+    if col_group == 1 and last_to_arrive(arrivals, cuda.blockIdx.x, cuda.gridDim.y):
+        s1, s2 = column_totals(partials, col, n_cols, sh1, sh2)
+        if ty == 0 and col < n_cols:
+            _finish_stats(col, s1, s2, float64(x[0, col]), count, eps, weight, bias, coef, stats)
+        if update and last_to_arrive(arrivals, cuda.gridDim.x, cuda.gridDim.x):
+            _update_running(stats, factor, unbiased, running_mean, running_var)
 
 
 @cuda.jit
-def wide_grad_sums_kernel(dy, x, stats, col_group, partials):
+def wide_grad_sums_kernel(dy, x, stats, col_group, partials, arrivals, weight, inv_count,
+                          batch_stats, coef, dbias, dweight):
     """partials[blockIdx.y, l] and partials[P + blockIdx.y, l]: this block's rows' sum of dy and
-    of dy * (x - mean), mean = stats[0, channel of l]."""
+    of dy * (x - mean), mean = stats[0, channel of l]. With a channel per column (``col_group``
+    1), the last block of each column of blocks to finish writes its channels' gradients and
+    coefficients (see :func:`finalize_grads_kernel`)."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * WIDE_X + tx
     n_rows, n_cols = x.shape
@@ -94,6 +115,11 @@ def wide_grad_sums_kernel(dy, x, stats, col_group, partials):
     sh1 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     sh2 = cuda.shared.array((WIDE_Y, WIDE_X), float64)
     column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
+    if col_group == 1 and last_to_arrive(arrivals, cuda.blockIdx.x, cuda.gridDim.y):
+        s1, s2 = column_totals(partials, col, n_cols, sh1, sh2)
+        if ty == 0 and col < n_cols:
+            _finish_grads(col, s1, s2, stats, weight, inv_count, batch_stats, coef, dbias,
+                          dweight)
 
 
 @cuda.jit(device=True)
@@ -106,9 +132,13 @@ def _segment(item, n_segments, seg_len, n_inner):
 
 
 @cuda.jit
-def runs_shifted_sums_kernel(x, seg_len, partials):
+def runs_shifted_sums_kernel(x, seg_len, partials, arrivals, count, eps, weight, bias, coef,
+                             stats, update, factor, unbiased, running_mean, running_var):
     """partials[blockIdx.y, c] and partials[P + blockIdx.y, c] for channel c = blockIdx.x: sums
-    of (x - K) and of its square over this block's segments of the channel, K = x[0, c, 0]."""
+    of (x - K) and of its square over this block's segments of the channel, K = x[0, c, 0]; the
+    channel's last block to finish writes its statistics and coefficients (see
+    :func:`finalize_stats_kernel`), and if ``update`` is 1 the last of those updates the running
+    statistics (``arrivals``: a counter per channel and one for them all)."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
     n_segments = (n_inner + seg_len - 1) // seg_len
@@ -134,12 +164,20 @@ def runs_shifted_sums_kernel(x, seg_len, partials):
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     block_partials(s1, s2, sa, sb, partials, c)
+    if last_to_arrive(arrivals, c, cuda.gridDim.y):
+        s1, s2 = partial_sums(partials, c, 1, True, sa, sb)
+        if cuda.threadIdx.x == 0:
+            _finish_stats(c, s1, s2, k, count, eps, weight, bias, coef, stats)
+        if update and last_to_arrive(arrivals, cuda.gridDim.x, cuda.gridDim.x):
+            _update_running(stats, factor, unbiased, running_mean, running_var)
 
 
 @cuda.jit
-def runs_grad_sums_kernel(dy, x, stats, seg_len, partials):
+def runs_grad_sums_kernel(dy, x, stats, seg_len, partials, arrivals, weight, inv_count,
+                          batch_stats, coef, dbias, dweight):
     """partials[blockIdx.y, c] and partials[P + blockIdx.y, c]: sum of dy and of dy * (x - mean)
-    over this block's segments of channel c, mean = stats[0, c]."""
+    over this block's segments of channel c, mean = stats[0, c]; the channel's last block to
+    finish writes its gradients and coefficients (see :func:`finalize_grads_kernel`)."""
     c = cuda.blockIdx.x
     n_outer, _, n_inner = x.shape
     n_segments = (n_inner + seg_len - 1) // seg_len
@@ -170,6 +208,10 @@ def runs_grad_sums_kernel(dy, x, stats, seg_len, partials):
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     block_partials(s1, s2, sa, sb, partials, c)
+    if last_to_arrive(arrivals, c, cuda.gridDim.y):
+        s1, s2 = partial_sums(partials, c, 1, True, sa, sb)
+        if cuda.threadIdx.x == 0:
+            _finish_grads(c, s1, s2, stats, weight, inv_count, batch_stats, coef, dbias, dweight)
 
 
 FINALIZE_BLOCK = (32, 8)  # a warp per channel, eight channels per block
@@ -191,15 +233,23 @@ def _channel_sums(partials, n_ch, sa, sb):
 def finalize_stats_kernel(partials, x, count, eps, weight, bias, coef, stats):
     """Per channel c, from the shifted partial sums: stats[:, c] = (mean, biased variance, rstd)
     and coef[:, c] = (mean, weight * rstd, bias), the coefficients of y = (x - mean) * scale +
-    bias. x: the (outer, C, inner) input, whose x[0, c, 0] is the shift K of channel c's sums."""
+    bias. x: the (outer, C, inner) input, whose x[0, c, 0] is the shift K of channel c's sums.
+    For the wide layout with several columns a channel; the other layouts do this at the end of
+    their sums kernel."""
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     c, writer, s1, s2 = _channel_sums(partials, stats.shape[1], sa, sb)
     if writer:
-        mean_d = s1 / count
-        v = s2 / count - mean_d * mean_d
-        var = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
-        _write_channel(c, float64(x[0, c, 0]) + mean_d, var, weight, bias, eps, coef, stats)
+        _finish_stats(c, s1, s2, float64(x[0, c, 0]), count, eps, weight, bias, coef, stats)
+
+
+@cuda.jit(device=True)
+def _finish_stats(c, s1, s2, shift, count, eps, weight, bias, coef, stats):
+    """Channel c's statistics and coefficients from its sums of (x - shift) and its square."""
+    mean_d = s1 / count
+    v = s2 / count - mean_d * mean_d
+    var = 0.0 if v < 0.0 else v  # written so that NaN stays NaN
+    _write_channel(c, shift + mean_d, var, weight, bias, eps, coef, stats)
 
 
 @cuda.jit(device=True)
@@ -220,21 +270,33 @@ def update_running_kernel(stats, factor, unbiased, running_mean, running_var):
     variance taking the unbiased batch variance (biased * ``unbiased``): the CPU path's update
     (normkit._running), with its policy that a batch with any non-finite channel statistic
     changes nothing. One block, so that every channel is checked before any is written (1024
-    threads on a GPU: with 256 it took 26 us for 8192 channels on an H100)."""
+    threads on a GPU: with 256 it took 26 us for 8192 channels on an H100). After a finalize
+    kernel; the sums kernels that finish their channels do this in their last block."""
+    _update_running(stats, factor, unbiased, running_mean, running_var)
+
+
+@cuda.jit(device=True)
+def _update_running(stats, factor, unbiased, running_mean, running_var):
+    """:func:`update_running_kernel`'s work, by every thread of one block (of any shape)."""
     any_bad = cuda.shared.array(1, int32)
-    tid = cuda.threadIdx.x
+    tid = cuda.threadIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    n_threads = cuda.blockDim.x * cuda.blockDim.y
     n_ch = stats.shape[1]
     if tid == 0:
         any_bad[0] = 0
     cuda.syncthreads()
-    for c in range(tid, n_ch, cuda.blockDim.x):
-        if not (math.isfinite(stats[0, c]) and math.isfinite(stats[1, c])):
+    for c in range(tid, n_ch, n_threads):
+        # (other blocks of the same kernel may have written them: read past L1)
+        if not (math.isfinite(load_shared_by_blocks(stats, 0, c))
+                and math.isfinite(load_shared_by_blocks(stats, 1, c))):
             any_bad[0] = 1  # every writer stores the same value
     cuda.syncthreads()
     if any_bad[0] == 0:
-        for c in range(tid, n_ch, cuda.blockDim.x):
-            running_mean[c] = (1.0 - factor) * running_mean[c] + factor * stats[0, c]
-            running_var[c] = (1.0 - factor) * running_var[c] + factor * (stats[1, c] * unbiased)
+        for c in range(tid, n_ch, n_threads):
+            mean = load_shared_by_blocks(stats, 0, c)
+            var = load_shared_by_blocks(stats, 1, c)
+            running_mean[c] = (1.0 - factor) * running_mean[c] + factor * mean
+            running_var[c] = (1.0 - factor) * running_var[c] + factor * (var * unbiased)
 
 
 @cuda.jit
@@ -255,23 +317,31 @@ def finalize_grads_kernel(partials, stats, weight, inv_count, batch_stats, coef,
     dx = k * (dy - a - (x - mean) * b), k = rstd * weight, a = sum(dy) / count and
     b = sum(dy * (x - mean)) * rstd^2 / count (zero unless ``batch_stats`` is 1: running
     statistics are constants). dbias/dweight may be float32 (the gradients of float32
-    parameters that stay on the device)."""
+    parameters that stay on the device). For the wide layout with several columns a channel;
+    the other layouts do this at the end of their sums kernel."""
     sa = cuda.shared.array(BLOCK, float64)
     sb = cuda.shared.array(BLOCK, float64)
     c, writer, s1, s2 = _channel_sums(partials, stats.shape[1], sa, sb)
     if writer:
-        rstd = stats[2, c]
-        dbias[c] = s1
-        dweight[c] = s2 * rstd
-        coef[0, c] = stats[0, c]
-        coef[1, c] = rstd * weight[c]
-        a = 0.0
-        b = 0.0
-        if batch_stats:
-            a = s1 * inv_count
-            b = s2 * (rstd * rstd * inv_count)
-        coef[2, c] = a
-        coef[3, c] = b
+        _finish_grads(c, s1, s2, stats, weight, inv_count, batch_stats, coef, dbias, dweight)
+
+
+@cuda.jit(device=True)
+def _finish_grads(c, s1, s2, stats, weight, inv_count, batch_stats, coef, dbias, dweight):
+    """Channel c's gradients and backward coefficients from its sums of dy (s1) and of
+    dy * (x - mean) (s2)."""
+    rstd = stats[2, c]
+    dbias[c] = s1
+    dweight[c] = s2 * rstd
+    coef[0, c] = stats[0, c]
+    coef[1, c] = rstd * weight[c]
+    a = 0.0
+    b = 0.0
+    if batch_stats:
+        a = s1 * inv_count
+        b = s2 * (rstd * rstd * inv_count)
+    coef[2, c] = a
+    coef[3, c] = b
 
 
 # Elementwise passes. Each thread walks down a column, four rows at a time. In the wide layout

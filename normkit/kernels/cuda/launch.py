@@ -11,8 +11,10 @@ copied (a host input on its way to the device, a device input by a kernel, :mod:
 Per call the host does as little as it can, because numba-cuda's host costs (tens of us per
 launch, allocation and copy) rival a whole kernel: outputs and scratch arrays come from
 :mod:`._pool`, launches go through :mod:`._launcher`, per-channel arithmetic (merging block
-partials, coefficients) runs in small device kernels, and only what must reach the host (running
-statistics, parameter gradients) is copied back, once, after the last launch. Weights, biases
+partials, coefficients, the running update) runs on the device, mostly in the last blocks of the
+sums kernels rather than in kernels of its own (a launch costs ~11 us of host time on an H100),
+and only what must reach the host (running statistics, parameter gradients) is copied back,
+once, after the last launch. Weights, biases
 and running statistics may be device arrays too (:mod:`._vectors`): then nothing is copied back
 and a call never waits for the GPU.
 """
@@ -178,26 +180,40 @@ class _BatchNormShape:
             launch(wide, *_elementwise_geometry(n_rows, n_cols, threads, target), *views, coef,
                    self.n_inner, Shaped(out, self.x2))
 
-    def partials(self, ctx, target, threads, block2d, run_kernel, wide_kernel, inputs, extra=()):
-        """Launch a partial-sums kernel on ``inputs`` (device arrays of this shape) and the
-        ``extra`` arguments; returns the (2P, columns) float64 partials it fills."""
+    @property
+    def sums_finish(self):
+        """Whether the sums kernels also finish the per-channel step (statistics, gradients) in
+        their last block of each channel: every layout but the wide one with several columns a
+        channel, which needs a finalize kernel after them."""
+        return not self.wide or self.n_inner == 1
+
+    def sums(self, ctx, target, threads, block2d, kernels, inputs, extra, finish):
+        """Launch a sums kernel (``kernels``: (runs, wide)) on ``inputs`` (device arrays of this
+        shape), the ``extra`` arguments and, after the partials and their block counters (one
+        per channel or column of blocks, one for them all), the ``finish`` arguments of its
+        per-channel step; returns the (2P, columns) float64 partials it fills."""
+        run_kernel, wide_kernel = kernels
         if self.wide:
             n_cols = self.x2[1]
             col_blocks = math.ceil(n_cols / block2d[0])
             parts = max(1, min(math.ceil(self.n_outer / block2d[1]), target // col_blocks + 1))
             partials = _pool.scratch("bn partials", (2 * parts, n_cols), np.float64, ctx)
             launch(wide_kernel, (col_blocks, parts), block2d, *(Shaped(a, self.x2) for a in inputs),
-                   *extra, self.n_inner, partials)
+                   *extra, self.n_inner, partials,
+                   _pool.arrivals("bn arrivals", col_blocks + 1, ctx), *finish)
         else:
             seg_len = threads * 4
             items = self.n_outer * math.ceil(self.n_inner / seg_len)
             parts = max(1, min(items, target // self.n_ch + 1))
             partials = _pool.scratch("bn partials", (2 * parts, self.n_ch), np.float64, ctx)
             launch(run_kernel, (self.n_ch, parts), (threads,), *(Shaped(a, self.x3) for a in inputs),
-                   *extra, seg_len, partials)
+                   *extra, seg_len, partials, _pool.arrivals("bn arrivals", self.n_ch + 1, ctx),
+                   *finish)
         return partials
 
 
+_SHIFTED_SUMS = (bn.runs_shifted_sums_kernel, bn.wide_shifted_sums_kernel)
+_GRAD_SUMS = (bn.runs_grad_sums_kernel, bn.wide_grad_sums_kernel)
 _AFFINE = (bn.affine_wide_kernel, bn.affine_wide_vec4_kernel, bn.affine_runs_kernel)
 _GRAD_INPUT = (bn.grad_input_wide_kernel, None, bn.grad_input_runs_kernel)
 # Where the wide kernel with 16-byte accesses was measured faster (affine_wide_vec4_kernel);
@@ -243,11 +259,19 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         coef = _pool.scratch("bn coef", (3, n_ch), np.float64, ctx)
         wd = vec.kernel_vector(ctx, w, n_ch, "ones", np.float64)
         bd = vec.kernel_vector(ctx, b, n_ch, "zeros", np.float64)
+    update_on_device = training and running_mean is not None and stats_on_device
     if training:
-        partials = geo.partials(ctx, target, threads, block2d, bn.runs_shifted_sums_kernel,
-                                bn.wide_shifted_sums_kernel, (xd,))
-        launch(bn.finalize_stats_kernel, *_channel_grid(n_ch), partials, Shaped(xd, geo.x3),
-               float(count), float(args.eps), wd, bd, coef, stats)
+        finish = (float(count), float(args.eps), wd, bd, coef, stats)
+        factor = _momentum_factor(args.momentum, num_batches_tracked)
+        if update_on_device and geo.sums_finish:  # by the sums kernel's last block
+            update = (1, factor, count / (count - 1), running_mean, running_var)
+        else:  # (arrays of a running statistic's type, which the kernel leaves alone)
+            update = (0, 0.0, 0.0, Shaped(stats, (stats.size,)), Shaped(stats, (stats.size,)))
+        partials = geo.sums(ctx, target, threads, block2d, _SHIFTED_SUMS, (xd,), (),
+                            finish + update)
+        if not geo.sums_finish:
+            launch(bn.finalize_stats_kernel, *_channel_grid(n_ch), partials, Shaped(xd, geo.x3),
+                   *finish)
     elif stats_on_device:
         launch(bn.eval_coefficients_kernel, (math.ceil(n_ch / threads),), (threads,),
                running_mean, running_var, wd, bd, float(args.eps), coef, stats)
@@ -260,16 +284,15 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         stats = vec.host_vector(ctx, np.stack((mean, var, rstd)), np.float64)
     geo.elementwise(_AFFINE, threads, target, xd, coef, yd)
     updated = False
-    if training and running_mean is not None:
-        if stats_on_device:
+    if update_on_device:
+        if not geo.sums_finish:
             launch(bn.update_running_kernel, (1,), (64 if _simulator() else 1024,), stats,
-                   _momentum_factor(args.momentum, num_batches_tracked), count / (count - 1),
-                   running_mean, running_var)
-            updated = None  # not known without waiting for the GPU
-        else:
-            host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
-            updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
-                                           count, args.momentum, num_batches_tracked, op)
+                   factor, count / (count - 1), running_mean, running_var)
+        updated = None  # not known without waiting for the GPU
+    elif training and running_mean is not None:
+        host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
+        updated = update_running_stats(running_mean, running_var, host_stats[0], host_stats[1],
+                                       count, args.momentum, num_batches_tracked, op)
     saved = BatchNormSaved(
         backend="cuda", x=xd, x_shape=tuple(xa.shape), axis=axis, mean=stats, rstd=None, weight=w,
         has_bias=b is not None, param_dtype=vec.dtype_of(weight, bias),
@@ -329,14 +352,14 @@ def batch_norm_backward(dy, saved):
     ctx = _pool.current_context()
     n_ch = geo.n_ch
     stats = saved.mean  # the device (3, C) array of mean, variance, rstd
-    partials = geo.partials(ctx, target, threads, block2d, bn.runs_grad_sums_kernel,
-                            bn.wide_grad_sums_kernel, (dyd, saved.x), (stats,))
     coef = _pool.scratch("bn grad coef", (4, n_ch), np.float64, ctx)  # rows: mean, k, a, b
     dxd = _pool.empty(tuple(saved.x.shape), saved.x.dtype, ctx)
     dweight, dbias = _grad_outputs(ctx, saved, (n_ch,))
-    launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats,
-           vec.kernel_vector(ctx, saved.weight, n_ch, "ones", np.float64), 1.0 / saved.count,
-           int(saved.batch_stats), coef, dbias, dweight)
+    finish = (vec.kernel_vector(ctx, saved.weight, n_ch, "ones", np.float64), 1.0 / saved.count,
+              int(saved.batch_stats), coef, dbias, dweight)
+    partials = geo.sums(ctx, target, threads, block2d, _GRAD_SUMS, (dyd, saved.x), (stats,), finish)
+    if not geo.sums_finish:
+        launch(bn.finalize_grads_kernel, *_channel_grid(n_ch), partials, stats, *finish)
     geo.elementwise(_GRAD_INPUT, threads, target, dyd, saved.x, coef, dxd)
     return (_result(dxd, saved.host_io, saved.layout),) + _grads_to_caller(saved, dweight, dbias, (n_ch,))
 
@@ -432,9 +455,9 @@ def layer_norm_backward(dy, saved):
         col_blocks = math.ceil(n_cols / block2d[0])
         row_blocks = max(1, min(math.ceil(n_rows / block2d[1]), target // col_blocks + 1))
         partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64, ctx)
-        launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials)
         dweight, dbias = _grad_outputs(ctx, saved, saved.normalized_shape)
-        launch(ln.sum_partials_kernel, *_channel_grid(n_cols), partials,
-               Shaped(dweight, (n_cols,)), Shaped(dbias, (n_cols,)))
+        launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials,
+               _pool.arrivals("ln arrivals", col_blocks, ctx), Shaped(dweight, (n_cols,)),
+               Shaped(dbias, (n_cols,)))
         dweight, dbias = _grads_to_caller(saved, dweight, dbias, saved.normalized_shape)
     return _result(dxd, saved.host_io), dweight, dbias

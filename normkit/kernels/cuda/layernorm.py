@@ -9,15 +9,16 @@ thread waits for every load in turn, and the kernels reached only ~1.3 TB/s of a
 eight conditional loads did not overlap.) Float32 rows of a multiple of four values have twins of
 the forward and dx kernels with 16-byte loads and stores (``*_vec4_kernel``, see ._vector_io),
 1.25-1.6x faster on an H100. dweight/dbias are column sums over rows: a kernel with 32 x 8 blocks
-(coalesced along columns) writes per-block partials and a second one adds them up, so that only
-the two final rows travel to the host (none do when the parameters are device arrays).
+(coalesced along columns) writes per-block partials, which the last block of each column of
+blocks adds up, so that only the two final rows travel to the host (none do when the parameters
+are device arrays).
 """
 
 import math
 
 from numba import cuda, float64
 
-from ._reduce import BLOCK, add4, column_partials, partial_sums, row_sum2
+from ._reduce import BLOCK, add4, column_partials, column_totals, last_to_arrive, row_sum2
 from ._vector_io import load4, load4_row, store4_row
 
 COL_X, ROW_Y = 32, 8
@@ -226,9 +227,11 @@ def backward_dx_vec4_kernel(dy, x, stats, weight, out):
 
 
 @cuda.jit
-def param_grad_kernel(dy, x, stats, partials):
-    """partials[blockIdx.y, col] and partials[P + blockIdx.y, col] (P = gridDim.y): sums over this
-    block's rows of dy * xhat (dweight) and of dy (dbias)."""
+def param_grad_kernel(dy, x, stats, partials, arrivals, dweight, dbias):
+    """dweight[col] = sum of dy * xhat and dbias[col] = sum of dy over the rows. Each block
+    writes its rows' sums to partials[blockIdx.y, col] and partials[P + blockIdx.y, col] (P =
+    gridDim.y); the last block of each column of blocks to finish adds them up (``arrivals``:
+    one zeroed int32 counter per column of blocks)."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     col = cuda.blockIdx.x * COL_X + tx
     n_rows, n_cols = x.shape
@@ -257,17 +260,8 @@ def param_grad_kernel(dy, x, stats, partials):
     sh1 = cuda.shared.array((ROW_Y, COL_X), float64)
     sh2 = cuda.shared.array((ROW_Y, COL_X), float64)
     column_partials(s1, s2, sh1, sh2, partials, col, n_cols)
-
-
-@cuda.jit
-def sum_partials_kernel(partials, first, second):
-    """first[col] and second[col]: the sums over p of partials[p, col] and of partials[P + p,
-    col] (P = partials rows / 2); a row of threads (a warp) per column."""
-    sa = cuda.shared.array(BLOCK, float64)
-    sb = cuda.shared.array(BLOCK, float64)
-    col = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
-    valid = col < partials.shape[1]
-    s1, s2 = partial_sums(partials, col, 1, valid, sa, sb)
-    if valid and cuda.threadIdx.x == 0:
-        first[col] = s1
-        second[col] = s2
+    if last_to_arrive(arrivals, cuda.blockIdx.x, cuda.gridDim.y):
+        s1, s2 = column_totals(partials, col, n_cols, sh1, sh2)
+        if ty == 0 and col < n_cols:
+            dweight[col] = s1
+            dbias[col] = s2
