@@ -61,7 +61,8 @@ def test_layer_norm_launches_on_the_callers_arrays_and_keeps_its_statistics_by_t
     assert (dya, xa, statsa, wa, dxa) == (c_array(dy), c_array(x), stats, c_array(w), c_array(dx))
     dya, xa, statsa, partials, arrivals, dwa, dba = stub.launches[1].arguments()
     assert (dya, xa, statsa) == (c_array(dy), c_array(x), stats)
-    assert partials[1] == F64 and arrivals[1:3] == (np.dtype(np.int32), (4,))  # 128 / 32 columns
+    # block counters: at least one for each of the 128 / 32 columns of blocks
+    assert partials[1] == F64 and arrivals[1] == np.dtype(np.int32) and arrivals[2][0] >= 4
     assert dwa[0] == address(dweight) and dba[0] == address(dbias)
     assert dweight.dtype == F32 and dweight.shape == (128,) and dbias.shape == (128,)
 
@@ -179,3 +180,17 @@ def test_batch_norm_reads_a_channels_last_input_in_place_and_answers_in_its_orde
     as_rows = (address(nhwc), F32, (n * h * w_, c), (c * 4, 4))
     assert any(as_rows in launch.arguments() for launch in stub.launches)
     assert y.shape == (n, c, h, w_) and y.strides == nchw.strides
+
+
+def test_block_counters_are_one_array_grown_for_wider_grids(stub):
+    """The sums kernels' block counters (zero between launches) are one array per thread,
+    replaced by a longer one when a grid has more columns of blocks than it counts."""
+    counters = []
+    for cols in (128, 40000, 256):  # 4, 1250 and 8 columns of 32-thread blocks
+        x, w, b = _layer_norm_inputs(stub, rows=8, cols=cols)
+        _, saved = F.layer_norm(x, cols, w, b)
+        stub.launches.clear()
+        F.layer_norm_backward(stub.device_array((8, cols), np.float32), saved)
+        counters.append(stub.launches[-1].arguments()[4])
+    assert counters[1][2][0] >= 1250 > counters[0][2][0]
+    assert counters[2] == counters[1]  # the longer array, kept

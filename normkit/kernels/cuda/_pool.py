@@ -205,15 +205,12 @@ _threads = threading.local()
 _SCRATCH_ENTRIES = 32
 
 
-def scratch(name, shape, dtype, ctx, zeroed=False):
+def scratch(name, shape, dtype, ctx):
     """A device array that only this call's kernels use (block partials, coefficients): the
     same one for every call of this thread with this name, shape and dtype, so it costs no
     allocation after the first call. Safe because normkit's kernels and copies all run in order
     on the default stream: a later call's kernels write it only after the earlier call's
-    kernels have read it. Per thread, because two threads' kernels interleave on that stream.
-
-    ``zeroed``: filled with zeros when first made (not on later calls: for counters that the
-    kernels using them set back to zero, see ``_reduce.last_to_arrive``)."""
+    kernels have read it. Per thread, because two threads' kernels interleave on that stream."""
     arrays = getattr(_threads, "scratch", None)
     if arrays is None:
         arrays = _threads.scratch = {}
@@ -222,15 +219,24 @@ def scratch(name, shape, dtype, ctx, zeroed=False):
     if a is None:
         if len(arrays) >= _SCRATCH_ENTRIES:
             arrays.pop(next(iter(arrays)))  # oldest first
-        a = arrays[key] = (cuda.to_device(np.zeros(shape, dtype)) if zeroed
-                           else empty(shape, dtype, ctx))
+        a = arrays[key] = empty(shape, dtype, ctx)
     return a
 
 
-def arrivals(name, n, ctx):
-    """``n`` int32 counters of blocks that have finished, zero between launches (see
-    ``_reduce.last_to_arrive``): a :func:`scratch` array."""
-    return scratch(name, (n,), np.int32, ctx, zeroed=True)
+def arrivals(n, ctx):
+    """At least ``n`` int32 counters of the blocks of a kernel that have finished, all zero
+    between launches (each kernel that uses them sets them back: see
+    ``_reduce.last_to_arrive``). One array per thread and device, for every kernel (each
+    indexes only the first ``n``), made with zeros and replaced by a longer one when too short:
+    unlike a :func:`scratch` array of each shape, it needs no copy to zero it again."""
+    counters = getattr(_threads, "arrivals", None)
+    if counters is None:
+        counters = _threads.arrivals = {}
+    device = device_id(ctx)
+    a = counters.get(device)
+    if a is None or a.shape[0] < n:
+        a = counters[device] = cuda.to_device(np.zeros(max(n, 1024), np.int32))
+    return a
 
 
 def cached_bytes():
@@ -242,6 +248,7 @@ def empty_cache():
     """Release the cached device buffers to the driver (this thread's scratch arrays too)."""
     global _free_bytes
     _threads.scratch = {}
+    _threads.arrivals = {}
     with _lock:
         _free.clear()
         _free_bytes = 0

@@ -200,14 +200,14 @@ class _BatchNormShape:
             partials = _pool.scratch("bn partials", (2 * parts, n_cols), np.float64, ctx)
             launch(wide_kernel, (col_blocks, parts), block2d, *(Shaped(a, self.x2) for a in inputs),
                    *extra, self.n_inner, partials,
-                   _pool.arrivals("bn arrivals", col_blocks + 1, ctx), *finish)
+                   _pool.arrivals(col_blocks + 1, ctx), *finish)
         else:
             seg_len = threads * 4
             items = self.n_outer * math.ceil(self.n_inner / seg_len)
             parts = max(1, min(items, target // self.n_ch + 1))
             partials = _pool.scratch("bn partials", (2 * parts, self.n_ch), np.float64, ctx)
             launch(run_kernel, (self.n_ch, parts), (threads,), *(Shaped(a, self.x3) for a in inputs),
-                   *extra, seg_len, partials, _pool.arrivals("bn arrivals", self.n_ch + 1, ctx),
+                   *extra, seg_len, partials, _pool.arrivals(self.n_ch + 1, ctx),
                    *finish)
         return partials
 
@@ -457,7 +457,7 @@ def layer_norm_backward(dy, saved):
         partials = _pool.scratch("ln partials", (2 * row_blocks, n_cols), np.float64, ctx)
         dweight, dbias = _grad_outputs(ctx, saved, saved.normalized_shape)
         launch(ln.param_grad_kernel, (col_blocks, row_blocks), block2d, dy2, x2, stats, partials,
-               _pool.arrivals("ln arrivals", col_blocks, ctx), Shaped(dweight, (n_cols,)),
+               _pool.arrivals(col_blocks, ctx), Shaped(dweight, (n_cols,)),
                Shaped(dbias, (n_cols,)))
         dweight, dbias = _grads_to_caller(saved, dweight, dbias, saved.normalized_shape)
     return _result(dxd, saved.host_io), dweight, dbias
