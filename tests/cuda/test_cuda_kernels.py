@@ -354,6 +354,13 @@ def test_batch_norm_with_device_parameters_and_running_stats(shape, axis, dtype,
         _close(_host(got), want, dtype, np.sqrt(n))
 
 
+def test_cumulative_momentum_without_running_stats():
+    """momentum=None needs num_batches_tracked only to update running statistics: none here."""
+    x = np.random.default_rng(3).standard_normal((6, 3))
+    y, _ = F.batch_norm(x, None, None, training=True, momentum=None, backend="cuda")
+    _close(y, R.batch_norm(x, None, None, training=True, momentum=None)[0], np.float64)
+
+
 @pytest.mark.parametrize("shape", [(6, 3), (2, 3, 40), (2, 3, 5)])  # each way of updating
 def test_device_running_stats_skip_a_non_finite_batch(shape):
     x = np.ones(shape, np.float32)

@@ -9,12 +9,13 @@ Statistics are float64 sums of (x - K) and (x - K)^2 with K the channel's first 
 module explains why this is exact); blocks write partial sums, and the last block of a channel's
 blocks to finish (``_reduce.last_to_arrive``) turns them into the mean, variance and the
 coefficients of the elementwise pass, on the device and in the same kernel: no host round trip,
-and no second launch (~11 us of host time). In the wide layout that takes a channel per column
-(inner = 1); otherwise a one-warp-per-channel kernel (``finalize_stats_kernel``) follows. The
-backward's sums end the same way. Running statistics that live on the device
-are updated there too, by the last of those last blocks (or by ``update_running_kernel`` after a
-finalize kernel), and eval mode with them computes its coefficients there
-(``eval_coefficients_kernel``).
+and no second launch (~11 us of host time). That needs a channel's blocks to be known: in the
+runs layout they are its blockIdx.x, in the wide layout a column of blocks when a channel is
+one column (inner = 1); a wide input with several columns a channel has a one-warp-per-channel
+kernel (``finalize_stats_kernel``) after its sums instead. The backward's sums end the same
+way. Running statistics that live on the device are updated there too, by the last of those
+last blocks (or by ``update_running_kernel`` after a finalize kernel), and eval mode with them
+computes its coefficients there (``eval_coefficients_kernel``).
 
 The elementwise passes have a kernel per layout, so that the channel of a value is known per
 column (wide) or per row (runs) and found with one integer division per column or row, not per

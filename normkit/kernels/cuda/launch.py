@@ -262,9 +262,9 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     update_on_device = training and running_mean is not None and stats_on_device
     if training:
         finish = (float(count), float(args.eps), wd, bd, coef, stats)
-        factor = _momentum_factor(args.momentum, num_batches_tracked)
         if update_on_device and geo.sums_finish:  # by the sums kernel's last block
-            update = (1, factor, count / (count - 1), running_mean, running_var)
+            update = (1, _momentum_factor(args.momentum, num_batches_tracked),
+                      count / (count - 1), running_mean, running_var)
         else:  # (arrays of a running statistic's type, which the kernel leaves alone)
             update = (0, 0.0, 0.0, Shaped(stats, (stats.size,)), Shaped(stats, (stats.size,)))
         partials = geo.sums(ctx, target, threads, block2d, _SHIFTED_SUMS, (xd,), (),
@@ -287,7 +287,8 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     if update_on_device:
         if not geo.sums_finish:
             launch(bn.update_running_kernel, (1,), (64 if _simulator() else 1024,), stats,
-                   factor, count / (count - 1), running_mean, running_var)
+                   _momentum_factor(args.momentum, num_batches_tracked), count / (count - 1),
+                   running_mean, running_var)
         updated = None  # not known without waiting for the GPU
     elif training and running_mean is not None:
         host_stats = stats.copy_to_host()  # after the last launch: the copy waits for them all
