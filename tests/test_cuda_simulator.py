@@ -99,7 +99,8 @@ def test_every_kernel_compiles_for_a_gpu(request, compute_capability):
         pytest.skip(f'{proc.stdout.strip()} (pip install "numba-cuda[cu13]")')
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     summary = re.search(r"compiled (\d+) signatures of (\d+) kernels", proc.stdout)
-    assert summary and int(summary.group(2)) >= 19, proc.stdout[-2000:]  # all of them (see above)
+    # (the script fails if a kernel was never launched; this says it found them: 19 today)
+    assert summary and int(summary.group(2)) >= 19, proc.stdout[-2000:]
 
 
 SIMULATOR_RUN = pytest.StashKey[SimulatorRun]()

@@ -27,8 +27,8 @@ NO_COMPILER = 77
 MODULES = ["normkit.kernels.cuda.batchnorm", "normkit.kernels.cuda.layernorm",
            "normkit.kernels.cuda._strided"]
 # kernels whose last block to finish reads what the others wrote
-LAST_BLOCK_KERNELS = {"wide_shifted_sums_kernel", "runs_shifted_sums_kernel", "wide_grad_sums_kernel",
-                      "runs_grad_sums_kernel", "param_grad_kernel"}
+LAST_BLOCK_KERNELS = {"wide_shifted_sums_kernel", "runs_shifted_sums_kernel",
+                      "wide_grad_sums_kernel", "runs_grad_sums_kernel", "param_grad_kernel"}
 
 
 def kernels_defined():
