@@ -83,18 +83,28 @@ row_sum2 = _row_sum2_tree if simulator() else _row_sum2_shuffle
 
 
 @cuda.jit(device=True)
-def column_partials(s1, s2, sh1, sh2, partials, col, n_cols):
-    """Sum a 2-D block's per-thread (s1, s2) down threadIdx.y and write them for column ``col``:
-    partials[blockIdx.y, col] and partials[gridDim.y + blockIdx.y, col]. ``sh1``/``sh2`` are
-    float64 shared arrays of at least (blockDim.y, blockDim.x)."""
+def _sum_down_columns(s1, s2, sh1, sh2):
+    """A 2-D block's per-thread (s1, s2) summed down threadIdx.y, for the threads of row 0
+    (through ``sh1``/``sh2``: float64 shared arrays of at least (blockDim.y, blockDim.x)).
+    Every thread of the block must call this."""
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     sh1[ty, tx] = s1
     sh2[ty, tx] = s2
     cuda.syncthreads()
-    if ty == 0 and col < n_cols:
+    if ty == 0:
         for j in range(1, cuda.blockDim.y):
             s1 += sh1[j, tx]
             s2 += sh2[j, tx]
+    return s1, s2
+
+
+@cuda.jit(device=True)
+def column_partials(s1, s2, sh1, sh2, partials, col, n_cols):
+    """Sum a 2-D block's per-thread (s1, s2) down threadIdx.y and write them for column ``col``:
+    partials[blockIdx.y, col] and partials[gridDim.y + blockIdx.y, col]. ``sh1``/``sh2`` are
+    float64 shared arrays of at least (blockDim.y, blockDim.x)."""
+    s1, s2 = _sum_down_columns(s1, s2, sh1, sh2)
+    if cuda.threadIdx.y == 0 and col < n_cols:
         partials[cuda.blockIdx.y, col] = s1
         partials[cuda.gridDim.y + cuda.blockIdx.y, col] = s2
 
@@ -159,22 +169,14 @@ def column_totals(partials, col, n_cols, sh1, sh2):
     writes them) of column ``col``, for the threads of row 0 of a 2-D block (threadIdx.y
     parts in turn, then their sums added through ``sh1``/``sh2``). Every thread of the block
     must call this."""
-    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     n_parts = partials.shape[0] // 2
     s1 = 0.0
     s2 = 0.0
     if col < n_cols:
-        for p in range(ty, n_parts, cuda.blockDim.y):
+        for p in range(cuda.threadIdx.y, n_parts, cuda.blockDim.y):
             s1 += load_shared_by_blocks(partials, p, col)
             s2 += load_shared_by_blocks(partials, n_parts + p, col)
-    sh1[ty, tx] = s1
-    sh2[ty, tx] = s2
-    cuda.syncthreads()
-    if ty == 0:
-        for j in range(1, cuda.blockDim.y):
-            s1 += sh1[j, tx]
-            s2 += sh2[j, tx]
-    return s1, s2
+    return _sum_down_columns(s1, s2, sh1, sh2)
 
 
 @cuda.jit(device=True)
