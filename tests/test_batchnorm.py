@@ -121,6 +121,43 @@ def test_eval_mode_without_some_affine_parameters(rng, kernel_build, bn_passes, 
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape,axis,k", [
+    ((60, 10), 1, 60),         # (N, C): every row into one
+    ((74, 20), 1, 37),         # the largest divisor of the rows within FOLD_COLS columns
+    ((42, 4, 3), 1, 42),       # a channel over 3 columns (inner runs of 3)
+    ((3, 8, 4, 6), -1, 96),    # channels-last
+    ((4100, 16), 1, 50),       # big enough to be folded without lowering FOLD_MIN_ROWS
+])
+def test_narrow_wide_arrays_are_folded(rng, monkeypatch, kernel_build, bn_passes, shape, axis, k,
+                                       dtype, training):
+    """Wide arrays of few columns are viewed as k rows in one (see bn_cpu.FOLD_MAX_COLS): the
+    statistics, running statistics and gradients still match the reference."""
+    from normkit._layout import batch_norm_layout
+    if shape[0] < bn_cpu.FOLD_MIN_ROWS:
+        monkeypatch.setattr(bn_cpu, "FOLD_MIN_ROWS", 1)
+    folds = []
+    monkeypatch.setattr(bn_cpu, "fold", lambda k, *arrays: folds.append(k) or bn_cpu_fold(k, *arrays))
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    assert bn_cpu.fold_factor(*batch_norm_layout(x, axis % x.ndim).kernel_shape) == k
+    (yk, sk, state_k), (yr, sr, state_r) = _run_both(x, rng, axis, training, dtype=dtype)
+    assert_close(yk, yr, dtype, what="y")
+    for got, want in zip(state_k, state_r):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(shape).astype(dtype)
+    n = x.size // x.shape[axis]
+    for name, got, want, scale in zip(("dx", "dweight", "dbias"), F.batch_norm_backward(dy, sk),
+                                      R.batch_norm_backward(dy, sr), (1, np.sqrt(n), np.sqrt(n))):
+        assert_close(got, want, dtype, scale=scale, what=name)
+    assert set(folds) <= {k}
+    if bn_passes.startswith("two-pass"):  # (the one-pass kernels take a narrow array whole)
+        assert folds
+
+
+bn_cpu_fold = bn_cpu.fold
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape,axis", [((6, 4), 1), ((3, 4, 40), 1), ((2, 3, 3, 5), -1), ((5, 9), 0),
                                         ((2, 8, 33), 1)])
@@ -257,6 +294,8 @@ def test_constant_and_tiny_variance_inputs(rng, kernel_build, bn_passes):
     ((256, 8192), 1, 1, 1024),      # small-batch (N, C): bands of 1 MiB, 8 of them
     ((256, 8192), 1, 2, 512),
     ((64, 10), 1, 1, 512),          # narrow: the whole array is one band
+    ((8192, 16), 1, 1, 0),          # narrow enough to be folded: two passes
+    ((4096, 64), 1, 1, 64),         # folded, but too wide for two passes to gain
     ((512, 4096), 1, 1, 512),
     ((512, 4096), 1, 2, 0),         # bands of 256 columns: too narrow
     ((1024, 1024), 1, 1, 0),
@@ -329,7 +368,8 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.fail("needs a machine with at least 2 cores (CI machines have 2)")
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
-    cases = [((64, 24, 40), 1), ((3000, 40), 1), ((20, 5, 6, 24), -1), ((512, 700), 1)]
+    cases = [((64, 24, 40), 1), ((3000, 40), 1), ((20, 5, 6, 24), -1), ((512, 700), 1),
+             ((6000, 40), 1)]  # (the last one folded 25 rows into one)
     for one_pass_bytes in (0, 1 << 20):
         monkeypatch.setattr(config, "ONE_PASS_BYTES", one_pass_bytes)
         for shape, axis in cases:
