@@ -4,7 +4,7 @@ and the coefficients of the elementwise passes, forward and backward.
 
 import numpy as np
 
-from ._compile import helper
+from ._compile import cast_like, helper, inline_helper
 
 
 @helper
@@ -55,16 +55,30 @@ def combine_moments(counts, means, variances):
 NONE = np.empty(0)  # an absent weight or bias, for the compiled helpers
 
 
+# The per-channel arithmetic is written for scalars (channel_*_coefficients), used by the
+# fill_* loops over channels and by the one-pass kernels channel by channel. Not as helpers
+# taking arrays and an index: Numba counts references to every array passed to a call, and
+# where its pruning of those counts fails (it did in these loops, in the serial builds) each
+# call cost ~10 ns per array: 2-4x slower one-pass kernels.
+
+@inline_helper
+def channel_forward_coefficients(mean, rstd, weight, bias, zero):
+    """One channel's (centre, scale, shift), in the type of ``zero`` (the output's dtype), from
+    its mean and rstd (float64) and its weight and bias (1 and 0 where there are none)."""
+    centre = cast_like(mean, zero)
+    scale = cast_like(rstd * weight, zero)
+    return centre, scale, cast_like(bias - (mean - np.float64(centre)) * np.float64(scale), zero)
+
+
 @helper
 def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
     for c in range(mean.shape[0]):  # a loop of its own, so that the square roots vectorise
         rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+    zero = cast_like(0.0, centre)
     for c in range(mean.shape[0]):
-        k = rstd[c] * weight[c] if weight.shape[0] else rstd[c]
-        h = bias[c] if bias.shape[0] else 0.0
-        centre[c] = mean[c]
-        scale[c] = k
-        shift[c] = h - (mean[c] - np.float64(centre[c])) * np.float64(scale[c])
+        centre[c], scale[c], shift[c] = channel_forward_coefficients(
+            mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
+            bias[c] if bias.shape[0] else 0.0, zero)
 
 
 def forward_coefficients(mean, var, weight, bias, eps, dtype):
@@ -78,19 +92,28 @@ def forward_coefficients(mean, var, weight, bias, eps, dtype):
     return rstd, (centre, scale, shift)
 
 
+@inline_helper
+def channel_backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
+                                  zero):
+    """One channel's (centre, k_dy, k_x, k_0), in the type of ``zero``, and its dweight
+    (float64), from its sums, mean, rstd and weight (1 where there is none); see
+    :func:`backward_coefficients`."""
+    k = rstd * weight
+    a = sum_dy * inv_count if batch_stats else 0.0
+    b = sum_dy_xc * (rstd * rstd * inv_count) if batch_stats else 0.0
+    centre = cast_like(mean, zero)
+    return (centre, cast_like(k, zero), cast_like(-k * b, zero),
+            cast_like(-k * b * (np.float64(centre) - mean) - k * a, zero), sum_dy_xc * rstd)
+
+
 @helper
 def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
                   centre, k_dy, k_x, k_0, dweight):
+    zero = cast_like(0.0, centre)
     for c in range(mean.shape[0]):
-        r = rstd[c]
-        k = r * weight[c] if weight.shape[0] else r
-        a = sum_dy[c] * inv_count if batch_stats else 0.0
-        b = sum_dy_xc[c] * (r * r * inv_count) if batch_stats else 0.0
-        centre[c] = mean[c]
-        k_dy[c] = k
-        k_x[c] = -k * b
-        k_0[c] = -k * b * (np.float64(centre[c]) - mean[c]) - k * a
-        dweight[c] = sum_dy_xc[c] * r
+        centre[c], k_dy[c], k_x[c], k_0[c], dweight[c] = channel_backward_coefficients(
+            sum_dy[c], sum_dy_xc[c], mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
+            inv_count, batch_stats, zero)
 
 
 def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype):

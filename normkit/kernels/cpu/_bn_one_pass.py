@@ -10,11 +10,12 @@ two-pass path, called on one-element (runs) or one-band (wide) slices. Whether t
 import numpy as np
 from numba import prange
 
-from ._bn_coefficients import fill_backward, fill_forward, moments
+from ._bn_coefficients import (channel_backward_coefficients, channel_forward_coefficients,
+                               fill_backward, fill_forward, moments)
 from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
 from ._bn_runs import run_grad_sums, run_shifted_sums
 from ._bn_wide import tile_affine, tile_grad_input, tile_grad_sums, tile_shifted_sums
-from ._compile import helper, kernel
+from ._compile import cast_like, helper, kernel
 from ._streaming import end_streams
 
 
@@ -42,10 +43,10 @@ def channel_grad_input(dy, x, c, centre, k_dy, k_x, k_0, out, stream):
 
 
 @kernel
-def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift,
-                          stream):
+def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
     n_outer, n_ch, n_inner = x.shape
     inv_count = 1.0 / (n_outer * n_inner)
+    zero = cast_like(0.0, out)
     for c in prange(n_ch):
         k = np.float64(x[0, c, 0])
         s1 = 0.0
@@ -55,9 +56,11 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, sc
             s1 += a1
             s2 += a2
         mean[c], var[c] = moments(k, s1, s2, inv_count)
-        fill_forward(mean[c:c + 1], var[c:c + 1], weight[c:c + 1], bias[c:c + 1], eps,
-                     rstd[c:c + 1], centre[c:c + 1], scale[c:c + 1], shift[c:c + 1])
-        channel_affine(x, c, centre[c], scale[c], shift[c], out, stream)
+        rstd[c] = 1.0 / np.sqrt(var[c] + eps)
+        centre, scale, shift = channel_forward_coefficients(
+            mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
+            bias[c] if bias.shape[0] else 0.0, zero)
+        channel_affine(x, c, centre, scale, shift, out, stream)
         if stream:
             end_streams()
 
@@ -85,8 +88,9 @@ def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, sc
 
 @kernel
 def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, stream):
+                           sum_dy, sum_dy_xc, dweight, stream):
     n_outer, n_ch, n_inner = x.shape
+    zero = cast_like(0.0, out)
     for c in prange(n_ch):
         s1 = 0.0
         s2 = 0.0
@@ -96,10 +100,10 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
             s2 += a2
         sum_dy[c] = s1
         sum_dy_xc[c] = s2
-        fill_backward(sum_dy[c:c + 1], sum_dy_xc[c:c + 1], mean[c:c + 1], rstd[c:c + 1],
-                      weight[c:c + 1], inv_count, batch_stats, centre[c:c + 1], k_dy[c:c + 1],
-                      k_x[c:c + 1], k_0[c:c + 1], dweight[c:c + 1])
-        channel_grad_input(dy, x, c, centre[c], k_dy[c], k_x[c], k_0[c], out, stream)
+        centre, k_dy, k_x, k_0, dweight[c] = channel_backward_coefficients(
+            s1, s2, mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0, inv_count,
+            batch_stats, zero)
+        channel_grad_input(dy, x, c, centre, k_dy, k_x, k_0, out, stream)
         if stream:
             end_streams()
 

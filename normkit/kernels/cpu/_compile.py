@@ -141,13 +141,14 @@ def wide_vectors_for(typingctx, array):
 
 
 def cast_like(value, array):
-    """``value`` converted to ``array``'s dtype (inside kernels: float32 stays float32)."""
+    """``value`` converted to the dtype of ``array`` (an array or a scalar: inside kernels,
+    float32 stays float32)."""
     return array.dtype.type(value)
 
 
 @overload(cast_like, jit_options=dict(cache=True))
 def _cast_like_impl(value, array):
-    if array.dtype == nb_types.float32:
+    if getattr(array, "dtype", array) == nb_types.float32:
         return lambda value, array: np.float32(value)
     return lambda value, array: np.float64(value)
 

@@ -332,14 +332,14 @@ def one_pass_forward(x, weight, bias, eps, out, band):
     batch mean, biased variance and rstd per channel (float64)."""
     n = x.shape[1]
     mean, var, rstd = np.empty(n), np.empty(n), np.empty(n)
-    coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-channel scratch
     weight = NONE if weight is None else weight
     bias = NONE if bias is None else bias
     stream = streams(x, out)
     if x.ndim == 3:
-        runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
-                              stream, work=x.size)
+        runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, stream,
+                              work=x.size)
     else:
+        coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-column scratch
         wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
                               band, stream, work=x.size)
     return mean, var, rstd
@@ -351,12 +351,12 @@ def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
     :func:`backward_coefficients` would."""
     n = x.shape[1]
     sum_dy, sum_dy_xc, dweight = np.empty(n), np.empty(n), np.empty(n)
-    coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-channel scratch
     args = (dy, x, mean, rstd, NONE if weight is None else weight, 1.0 / count, bool(batch_stats),
-            out, sum_dy, sum_dy_xc, *coefficients, dweight)
+            out, sum_dy, sum_dy_xc)
     stream = streams(x, out)
     if x.ndim == 3:
-        runs_one_pass_backward(*args, stream, work=x.size)
+        runs_one_pass_backward(*args, dweight, stream, work=x.size)
     else:
-        wide_one_pass_backward(*args, band, stream, work=x.size)
+        coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-column scratch
+        wide_one_pass_backward(*args, *coefficients, dweight, band, stream, work=x.size)
     return sum_dy, dweight
