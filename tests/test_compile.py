@@ -10,7 +10,7 @@ from normkit.kernels.cpu._compile import borrowed, cast_like
 
 @njit
 def _scaled_row_sums(x, out, factor):
-    x, out = borrowed(x), borrowed(out)
+    x, out = borrowed(x, out)
     sums = np.zeros(x.shape[0])
     for r in range(x.shape[0]):
         row, dest = x[r], out[r]  # views of borrowed arrays

@@ -15,7 +15,7 @@ from ._bn_coefficients import (channel_backward_coefficients, channel_forward_co
 from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
 from ._bn_runs import run_grad_sums, run_shifted_sums
 from ._bn_wide import tile_affine, tile_grad_input, tile_grad_sums, tile_shifted_sums
-from ._compile import cast_like, helper, kernel
+from ._compile import borrowed, cast_like, helper, kernel
 from ._streaming import end_streams
 
 
@@ -44,6 +44,7 @@ def channel_grad_input(dy, x, c, centre, k_dy, k_x, k_0, out, stream):
 
 @kernel
 def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
+    x, weight, bias, out, mean, var, rstd = borrowed(x, weight, bias, out, mean, var, rstd)
     n_outer, n_ch, n_inner = x.shape
     inv_count = 1.0 / (n_outer * n_inner)
     zero = cast_like(0.0, out)
@@ -68,6 +69,8 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 @kernel
 def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band,
                           stream):
+    (x, weight, bias, out, mean, var, rstd, centre, scale,
+     shift) = borrowed(x, weight, bias, out, mean, var, rstd, centre, scale, shift)
     n_rows, n_cols = x.shape
     inv_count = 1.0 / n_rows
     for t in prange((n_cols + band - 1) // band):
@@ -89,6 +92,8 @@ def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, sc
 @kernel
 def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
                            sum_dy, sum_dy_xc, dweight, stream):
+    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc,
+     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, dweight)
     n_outer, n_ch, n_inner = x.shape
     zero = cast_like(0.0, out)
     for c in prange(n_ch):
@@ -111,6 +116,9 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
 @kernel
 def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
                            sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, stream):
+    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0,
+     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x,
+                         k_0, dweight)
     n_rows, n_cols = x.shape
     for t in prange((n_cols + band - 1) // band):
         c0 = t * band

@@ -7,7 +7,7 @@ import numpy as np
 from numba import prange
 
 from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
-from ._compile import helper, kernel, wide_vectors
+from ._compile import borrowed, helper, kernel, wide_vectors
 from ._streaming import end_streams
 
 
@@ -39,6 +39,7 @@ def run_grad_sums(gs, xs, mean):
 @kernel
 def runs_shifted_sums(x, shift, segment):
     """Per run segment: sum(x - shift) and sum((x - shift)^2), each (outer * n_segments, C)."""
+    x, shift = borrowed(x, shift)
     n_outer, n_ch, n_inner = x.shape
     n_seg = (n_inner + segment - 1) // segment
     sums = np.empty((n_outer * n_seg, n_ch))
@@ -56,6 +57,7 @@ def runs_shifted_sums(x, shift, segment):
 @kernel
 def runs_affine(x, centre, scale, shift, out, runs_per_task, segment, stream):
     """out = (x - centre) * scale + shift per channel, in out's dtype (see :func:`affine`)."""
+    x, centre, scale, shift, out = borrowed(x, centre, scale, shift, out)
     n_outer, n_ch, n_inner = x.shape
     n_runs = n_outer * n_ch
     n_seg = (n_inner + segment - 1) // segment
@@ -76,6 +78,7 @@ def short_runs_shifted_sums(x, shift, outer_per_task):
     (every channel) read in memory order into one row of partial sums, (n_tasks, C). With runs
     of 49 values, 2.5x faster than a task and a partial per run (whose partials were as large as
     a sixth of a float32 input); the same speed from runs of ~800."""
+    x, shift = borrowed(x, shift)
     n_outer, n_ch, n_inner = x.shape
     n_tasks = (n_outer + outer_per_task - 1) // outer_per_task
     sums = np.zeros((n_tasks, n_ch))
@@ -96,6 +99,7 @@ def short_runs_affine(x, centre, scale, shift, out, runs_per_task):
     tasks of ``runs_per_task`` whole runs read as one flat array. Without the per-run indexing of
     three axes, the segment arithmetic and the stream test, measured 1.5-2.3x faster on runs of
     49-196 values (small NCHW images), 1.25-1.35x on runs of 784."""
+    x, centre, scale, shift, out = borrowed(x, centre, scale, shift, out)
     n_ch, n_inner = x.shape[1], x.shape[2]
     xf, of = x.reshape(-1), out.reshape(-1)
     n_runs = xf.shape[0] // n_inner
@@ -111,6 +115,7 @@ def short_runs_affine(x, centre, scale, shift, out, runs_per_task):
 @kernel
 def runs_grad_sums(dy, x, mean, segment):
     """Per run segment: sum(dy) and sum(dy * (x - mean)), each (outer * n_segments, C)."""
+    dy, x, mean = borrowed(dy, x, mean)
     n_outer, n_ch, n_inner = x.shape
     n_seg = (n_inner + segment - 1) // segment
     sum_dy = np.empty((n_outer * n_seg, n_ch))
@@ -130,6 +135,7 @@ def runs_grad_sums(dy, x, mean, segment):
 def short_runs_grad_sums(dy, x, mean, outer_per_task):
     """:func:`runs_grad_sums` for short runs, by whole outer rows (see
     :func:`short_runs_shifted_sums`)."""
+    dy, x, mean = borrowed(dy, x, mean)
     n_outer, n_ch, n_inner = x.shape
     n_tasks = (n_outer + outer_per_task - 1) // outer_per_task
     sum_dy = np.zeros((n_tasks, n_ch))
@@ -147,6 +153,7 @@ def short_runs_grad_sums(dy, x, mean, outer_per_task):
 @kernel
 def runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task, segment, stream):
     """out = dy * k_dy + (x - centre) * k_x + k_0 per channel, in out's dtype (see :func:`grad_input`)."""
+    dy, x, centre, k_dy, k_x, k_0, out = borrowed(dy, x, centre, k_dy, k_x, k_0, out)
     n_outer, n_ch, n_inner = x.shape
     n_runs = n_outer * n_ch
     n_seg = (n_inner + segment - 1) // segment
@@ -166,6 +173,7 @@ def runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task, segment, 
 def short_runs_grad_input(dy, x, centre, k_dy, k_x, k_0, out, runs_per_task):
     """:func:`runs_grad_input` for C-contiguous ``dy``, ``x`` and ``out`` whose output is not
     streamed (see :func:`short_runs_affine`)."""
+    dy, x, centre, k_dy, k_x, k_0, out = borrowed(dy, x, centre, k_dy, k_x, k_0, out)
     n_ch, n_inner = x.shape[1], x.shape[2]
     dyf, xf, of = dy.reshape(-1), x.reshape(-1), out.reshape(-1)
     n_runs = xf.shape[0] // n_inner

@@ -9,7 +9,7 @@ from numba import prange
 
 from ._bn_rows import (affine_lines, affine_row, affine_values, grad_input_lines, grad_input_row,
                        grad_input_values)
-from ._compile import helper, kernel, wide_vectors
+from ._compile import borrowed, helper, kernel, wide_vectors
 from ._streaming import LINE_BYTES, end_streams
 
 # Inner loops index 1-D row slices (x[r, c0:c1]) rather than x[r, c]: Numba then proves the
@@ -88,6 +88,7 @@ def tile_grad_input(dy, x, r0, r1, c0, c1, centre, k_dy, k_x, k_0, out, stream):
 @kernel
 def wide_shifted_sums(x, shift, row_tile, col_tile):
     """Per row tile and column: sum(x - shift) and sum((x - shift)^2), each (n_row_tiles, cols)."""
+    x, shift = borrowed(x, shift)
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
     n_ct = (n_cols + col_tile - 1) // col_tile
@@ -106,6 +107,7 @@ def wide_shifted_sums(x, shift, row_tile, col_tile):
 @kernel
 def wide_affine(x, centre, scale, shift, out, row_tile, col_tile, stream):
     """out = (x - centre) * scale + shift per column, in out's dtype (see :func:`affine`)."""
+    x, centre, scale, shift, out = borrowed(x, centre, scale, shift, out)
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
     n_ct = (n_cols + col_tile - 1) // col_tile
@@ -122,6 +124,7 @@ def wide_affine(x, centre, scale, shift, out, row_tile, col_tile, stream):
 @kernel
 def wide_grad_sums(dy, x, mean, row_tile, col_tile):
     """Per row tile and column: sum(dy) and sum(dy * (x - mean)), each (n_row_tiles, cols)."""
+    dy, x, mean = borrowed(dy, x, mean)
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
     n_ct = (n_cols + col_tile - 1) // col_tile
@@ -140,6 +143,7 @@ def wide_grad_sums(dy, x, mean, row_tile, col_tile):
 @kernel
 def wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile, stream):
     """out = dy * k_dy + (x - centre) * k_x + k_0 per column, in out's dtype (see :func:`grad_input`)."""
+    dy, x, centre, k_dy, k_x, k_0, out = borrowed(dy, x, centre, k_dy, k_x, k_0, out)
     n_rows, n_cols = x.shape
     n_rt = (n_rows + row_tile - 1) // row_tile
     n_ct = (n_cols + col_tile - 1) // col_tile
@@ -185,6 +189,7 @@ def _next_column(col, step, n_cols):
 def flat_affine(x, centre, scale, shift, out, chunk):
     """Streamed out = (x - centre) * scale + shift over C-contiguous (rows, cols) arrays; the
     coefficients are :func:`periodic`; ``chunk`` (values per task) is a multiple of a line."""
+    x, centre, scale, shift, out = borrowed(x, centre, scale, shift, out)
     n_rows, n_cols = x.shape
     n = n_rows * n_cols
     step = LINE_BYTES // out.itemsize
@@ -203,6 +208,7 @@ def flat_affine(x, centre, scale, shift, out, chunk):
 @kernel
 def flat_grad_input(dy, x, centre, k_dy, k_x, k_0, out, chunk):
     """Streamed out = dy * k_dy + (x - centre) * k_x + k_0, as :func:`flat_affine`."""
+    dy, x, centre, k_dy, k_x, k_0, out = borrowed(dy, x, centre, k_dy, k_x, k_0, out)
     n_rows, n_cols = x.shape
     n = n_rows * n_cols
     step = LINE_BYTES // out.itemsize
