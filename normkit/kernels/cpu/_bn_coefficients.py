@@ -56,10 +56,9 @@ NONE = np.empty(0)  # an absent weight or bias, for the compiled helpers
 
 
 # The per-channel arithmetic is written for scalars (channel_*_coefficients), used by the
-# fill_* loops over channels and by the one-pass kernels channel by channel. Not as helpers
-# taking arrays and an index: Numba counts references to every array passed to a call, and
-# where its pruning of those counts fails (it did in these loops, in the serial builds) each
-# call cost ~10 ns per array: 2-4x slower one-pass kernels.
+# fill_* loops over channels and by the one-pass kernels channel by channel. (The one-pass
+# kernels used to pass one-channel slices to fill_*: Numba counted references to each, ~150 ns
+# a channel in the serial builds, which made them 2x slower; see _compile.borrowed.)
 
 @inline_helper
 def channel_forward_coefficients(mean, rstd, weight, bias, zero):

@@ -3,7 +3,7 @@ channel of an NCHW batch, a band of columns of a small-batch (N, C) array), the 
 statistics or gradient sums and then writes its output at once, so the second pass reads from
 L2 instead of memory: 1.3-1.7x on the BatchNorm training forward and backward (measured on
 (32, 64, 56, 56) and (256, 8192) float32). The coefficients come from the same helpers as the
-two-pass path, called on one-element (runs) or one-band (wide) slices. Whether they apply:
+two-pass path: per channel (runs) or on one band's slices (wide). Whether they apply:
 :func:`normkit.kernels.cpu.batchnorm.one_pass_band`.
 """
 

@@ -149,7 +149,7 @@ def borrowed(typingctx, *arrays):
     Numba counts references to an array's memory (atomic increments and decrements) for every
     view taken of it and every call it is passed to, and prunes the counts only where it can
     prove them paired. In loops that pass rows or vectors to helpers it often could not, and the
-    counts cost ~10 ns per array per call: serial builds ran 1.4-2x slower than the parallel
+    counts cost ~10 ns per array per call: serial builds ran 1.4-3x slower than the parallel
     build on one thread, whose tasks receive their arrays without counts. A borrowed array must
     not leave the kernel: never return it or a view of it (that would be a NumPy array over
     memory nothing keeps alive); return arrays the kernel allocated.
