@@ -121,6 +121,9 @@ def test_eval_mode_without_some_affine_parameters(rng, kernel_build, bn_passes, 
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
+_FOLD = bn_cpu.fold  # the real one, for the spy in test_narrow_wide_arrays_are_folded
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape,axis,k", [
@@ -138,7 +141,7 @@ def test_narrow_wide_arrays_are_folded(rng, monkeypatch, kernel_build, bn_passes
     if shape[0] < bn_cpu.FOLD_MIN_ROWS:
         monkeypatch.setattr(bn_cpu, "FOLD_MIN_ROWS", 1)
     folds = []
-    monkeypatch.setattr(bn_cpu, "fold", lambda k, *arrays: folds.append(k) or bn_cpu_fold(k, *arrays))
+    monkeypatch.setattr(bn_cpu, "fold", lambda k, *arrays: folds.append(k) or _FOLD(k, *arrays))
     x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
     assert bn_cpu.fold_factor(*batch_norm_layout(x, axis % x.ndim).kernel_shape) == k
     (yk, sk, state_k), (yr, sr, state_r) = _run_both(x, rng, axis, training, dtype=dtype)
@@ -153,9 +156,6 @@ def test_narrow_wide_arrays_are_folded(rng, monkeypatch, kernel_build, bn_passes
     assert set(folds) <= {k}
     if bn_passes.startswith("two-pass"):  # (the one-pass kernels take a narrow array whole)
         assert folds
-
-
-bn_cpu_fold = bn_cpu.fold
 
 
 @pytest.mark.parametrize("training", [True, False])
