@@ -178,6 +178,15 @@ def fold(k, *arrays):
     return tuple(a.reshape(a.shape[0] // k, -1) for a in arrays)
 
 
+def fold_wide(arrays, vectors):
+    """Wide ``arrays`` of one shape (inputs and output) folded where :func:`folding` allows, and
+    their per-column ``vectors`` repeated to match: ``(arrays, vectors)``, as given otherwise."""
+    k = folding(*arrays)
+    if k == 1:
+        return arrays, vectors
+    return fold(k, *arrays), [repeated(v, k) for v in vectors]
+
+
 def repeated(v, k):
     """The vector ``v`` repeated ``k`` times end to end (as np.tile, in under half its time)."""
     out = np.empty((k, v.shape[0]), v.dtype)
@@ -205,11 +214,7 @@ def batch_stats(x, group):
         n_rows, n_cols = x.shape
         n_ch = n_cols // group
         shift = x[0, ::group].astype(np.float64)  # per channel: its first value
-        column_shift = _expand(shift, group)
-        k = folding(x)
-        if k > 1:
-            x, = fold(k, x)
-            column_shift = repeated(column_shift, k)
+        (x,), (column_shift,) = fold_wide((x,), (_expand(shift, group),))
         sums, squares = wide_shifted_sums(x, column_shift, row_tile_for(x.shape[1]), COL_TILE,
                                           work=x.size)
         return moments_from_partials(shift, _channel_rows(sums, n_ch, group),
@@ -235,10 +240,8 @@ def affine(x, coefficients, out, group):
     if x.ndim == 3 and flat_runs(x, out):
         x, out, group = _as_wide(x), _as_wide(out), x.shape[2]
     centre, scale, shift = (_expand(v, group) for v in coefficients)
-    k = folding(x, out) if x.ndim == 2 and not flat_streams(x, out) else 1
-    if k > 1:
-        x, out = fold(k, x, out)
-        centre, scale, shift = (repeated(v, k) for v in (centre, scale, shift))
+    if x.ndim == 2 and not flat_streams(x, out):
+        (x, out), (centre, scale, shift) = fold_wide((x, out), (centre, scale, shift))
     stream = streams(x, out)
     if x.ndim == 2 and flat_streams(x, out):
         flat_affine(x, *(periodic(v, x.shape[1], x.itemsize) for v in (centre, scale, shift)),
@@ -258,11 +261,7 @@ def grad_sums(dy, x, mean, group):
     """Per channel: sum(dy) and sum(dy * (x - mean)), float64."""
     if x.ndim == 2:
         n_ch = x.shape[1] // group
-        mean = _expand(mean, group)
-        k = folding(dy, x)
-        if k > 1:
-            dy, x = fold(k, dy, x)
-            mean = repeated(mean, k)
+        (dy, x), (mean,) = fold_wide((dy, x), (_expand(mean, group),))
         s1, s2 = wide_grad_sums(dy, x, mean, row_tile_for(x.shape[1]), COL_TILE, work=x.size)
         return (_channel_rows(s1, n_ch, group).sum(axis=0),
                 _channel_rows(s2, n_ch, group).sum(axis=0))
@@ -278,10 +277,8 @@ def grad_input(dy, x, coefficients, out, group):
     if x.ndim == 3 and flat_runs(x, out, dy):
         dy, x, out, group = _as_wide(dy), _as_wide(x), _as_wide(out), x.shape[2]
     cols = [_expand(v, group) for v in coefficients]
-    k = folding(dy, x, out) if x.ndim == 2 and not flat_streams(x, out) else 1
-    if k > 1:
-        dy, x, out = fold(k, dy, x, out)
-        cols = [repeated(v, k) for v in cols]
+    if x.ndim == 2 and not flat_streams(x, out):
+        (dy, x, out), cols = fold_wide((dy, x, out), cols)
     stream = streams(x, out)
     if x.ndim == 2 and flat_streams(x, out) and dy.flags.c_contiguous:
         flat_grad_input(dy, x, *(periodic(v, x.shape[1], x.itemsize) for v in cols), out,
