@@ -67,10 +67,9 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 
 
 @kernel
-def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band,
-                          stream):
-    (x, weight, bias, out, mean, var, rstd, centre, scale,
-     shift) = borrowed(x, weight, bias, out, mean, var, rstd, centre, scale, shift)
+def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, coefficients, band, stream):
+    (x, weight, bias, out, mean, var, rstd,
+     coefficients) = borrowed(x, weight, bias, out, mean, var, rstd, coefficients)
     n_rows, n_cols = x.shape
     inv_count = 1.0 / n_rows
     for t in prange((n_cols + band - 1) // band):
@@ -83,8 +82,9 @@ def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, sc
         for j in range(c1 - c0):
             mean[c0 + j], var[c0 + j] = moments(k[j], s1[j], s2[j], inv_count)
         fill_forward(mean[c0:c1], var[c0:c1], weight[c0:c1], bias[c0:c1], eps,
-                     rstd[c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1])
-        tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out, stream)
+                     rstd[c0:c1], coefficients[:, c0:c1])
+        tile_affine(x, 0, n_rows, c0, c1, coefficients[0][c0:c1], coefficients[1][c0:c1],
+                    coefficients[2][c0:c1], out, stream)
         if stream:
             end_streams()
 
@@ -115,10 +115,9 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
 
 @kernel
 def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, stream):
-    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0,
-     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x,
-                         k_0, dweight)
+                           sum_dy, sum_dy_xc, coefficients, dweight, band, stream):
+    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients,
+     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients, dweight)
     n_rows, n_cols = x.shape
     for t in prange((n_cols + band - 1) // band):
         c0 = t * band
@@ -127,9 +126,9 @@ def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
         sum_dy_xc[c0:c1] = 0.0
         tile_grad_sums(dy, x, 0, n_rows, c0, c1, mean[c0:c1], sum_dy[c0:c1], sum_dy_xc[c0:c1])
         fill_backward(sum_dy[c0:c1], sum_dy_xc[c0:c1], mean[c0:c1], rstd[c0:c1], weight[c0:c1],
-                      inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
-                      k_0[c0:c1], dweight[c0:c1])
-        tile_grad_input(dy, x, 0, n_rows, c0, c1, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
-                        k_0[c0:c1], out, stream)
+                      inv_count, batch_stats, coefficients[:, c0:c1], dweight[c0:c1])
+        tile_grad_input(dy, x, 0, n_rows, c0, c1, coefficients[0][c0:c1],
+                        coefficients[1][c0:c1], coefficients[2][c0:c1], coefficients[3][c0:c1],
+                        out, stream)
         if stream:
             end_streams()

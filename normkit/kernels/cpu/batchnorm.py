@@ -34,8 +34,8 @@ import functools
 import numpy as np
 
 from ... import config
-from ._bn_coefficients import (NONE, backward_coefficients, combine_moments, forward_coefficients,
-                               moments_from_partials)
+from ._bn_coefficients import (NONE, backward_coefficients, channel_total_pair, combine_moments,
+                               forward_coefficients, moments_from_partials)
 from ._bn_one_pass import (runs_one_pass_backward, runs_one_pass_forward, wide_one_pass_backward,
                            wide_one_pass_forward)
 from ._bn_runs import (runs_affine, runs_grad_input, runs_grad_sums, runs_shifted_sums,
@@ -205,41 +205,33 @@ def periodic(per_column, n_cols, itemsize):
 # ----------------------------------------------------------------------------------------------
 
 def _expand(per_channel, group):
-    return per_channel if group == 1 else np.repeat(per_channel, group)
+    """A per-channel vector, or the rows of a per-channel array, as per-column ones."""
+    return per_channel if group == 1 else np.repeat(per_channel, group, axis=-1)
 
 
 def batch_stats(x, group):
     """Mean and biased variance per channel (float64) of ``x`` in the wide or runs layout."""
     if x.ndim == 2:
         n_rows, n_cols = x.shape
-        n_ch = n_cols // group
         shift = x[0, ::group].astype(np.float64)  # per channel: its first value
         (x,), (column_shift,) = fold_wide((x,), (_expand(shift, group),))
         sums, squares = wide_shifted_sums(x, column_shift, row_tile_for(x.shape[1]), COL_TILE,
                                           work=x.size)
-        return moments_from_partials(shift, _channel_rows(sums, n_ch, group),
-                                     _channel_rows(squares, n_ch, group), float(n_rows * group))
+        return moments_from_partials(shift, sums, squares, float(n_rows * group), group)
     shift = x[0, :, 0].astype(np.float64)
     if x.shape[2] < SHORT_SUM_RUN:
         sums, squares = short_runs_shifted_sums(x, shift, outer_per_task(x), work=x.size)
     else:
         sums, squares = runs_shifted_sums(x, shift, SEGMENT, work=x.size)
     count = x.shape[0] * x.shape[2]
-    return moments_from_partials(shift, sums, squares, float(count))
-
-
-def _channel_rows(partials, n_ch, group):
-    """Partial sums per column of a wide array, (tiles, columns), as rows of per-channel ones:
-    a folded array's columns repeat every ``n_ch * group``, and a channel has ``group``
-    neighbouring columns there (with one shift: their sums simply add)."""
-    return partials.reshape(-1, n_ch, group).transpose(0, 2, 1).reshape(-1, n_ch)
+    return moments_from_partials(shift, sums, squares, float(count), 1)
 
 
 def affine(x, coefficients, out, group):
     """out = (x - centre) * scale + shift with the per-channel :func:`forward_coefficients`."""
     if x.ndim == 3 and flat_runs(x, out):
         x, out, group = _as_wide(x), _as_wide(out), x.shape[2]
-    centre, scale, shift = (_expand(v, group) for v in coefficients)
+    centre, scale, shift = _expand(coefficients, group)
     if x.ndim == 2 and not flat_streams(x, out):
         (x, out), (centre, scale, shift) = fold_wide((x, out), (centre, scale, shift))
     stream = streams(x, out)
@@ -263,20 +255,19 @@ def grad_sums(dy, x, mean, group):
         n_ch = x.shape[1] // group
         (dy, x), (mean,) = fold_wide((dy, x), (_expand(mean, group),))
         s1, s2 = wide_grad_sums(dy, x, mean, row_tile_for(x.shape[1]), COL_TILE, work=x.size)
-        return (_channel_rows(s1, n_ch, group).sum(axis=0),
-                _channel_rows(s2, n_ch, group).sum(axis=0))
+        return channel_total_pair(s1, s2, n_ch, group)
     if x.shape[2] < SHORT_SUM_RUN:
         s1, s2 = short_runs_grad_sums(dy, x, mean, outer_per_task(x), work=x.size)
     else:
         s1, s2 = runs_grad_sums(dy, x, mean, SEGMENT, work=x.size)
-    return s1.sum(axis=0), s2.sum(axis=0)
+    return channel_total_pair(s1, s2, x.shape[1], 1)
 
 
 def grad_input(dy, x, coefficients, out, group):
     """dx = dy * k_dy + (x - centre) * k_x + k_0 with the per-channel :func:`backward_coefficients`."""
     if x.ndim == 3 and flat_runs(x, out, dy):
         dy, x, out, group = _as_wide(dy), _as_wide(x), _as_wide(out), x.shape[2]
-    cols = [_expand(v, group) for v in coefficients]
+    cols = list(_expand(coefficients, group))
     if x.ndim == 2 and not flat_streams(x, out):
         (dy, x, out), cols = fold_wide((dy, x, out), cols)
     stream = streams(x, out)
@@ -336,8 +327,8 @@ def one_pass_forward(x, weight, bias, eps, out, band):
         runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, stream,
                               work=x.size)
     else:
-        coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-column scratch
-        wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
+        coefficients = np.empty((3, n), x.dtype)  # per-column scratch
+        wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, coefficients,
                               band, stream, work=x.size)
     return mean, var, rstd
 
@@ -354,6 +345,6 @@ def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
     if x.ndim == 3:
         runs_one_pass_backward(*args, dweight, stream, work=x.size)
     else:
-        coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-column scratch
-        wide_one_pass_backward(*args, *coefficients, dweight, band, stream, work=x.size)
+        coefficients = np.empty((4, n), x.dtype)  # per-column scratch
+        wide_one_pass_backward(*args, coefficients, dweight, band, stream, work=x.size)
     return sum_dy, dweight
