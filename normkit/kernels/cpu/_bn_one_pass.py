@@ -70,6 +70,7 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, coefficients, band, stream):
     (x, weight, bias, out, mean, var, rstd,
      coefficients) = borrowed(x, weight, bias, out, mean, var, rstd, coefficients)
+    centre, scale, shift = coefficients[0], coefficients[1], coefficients[2]
     n_rows, n_cols = x.shape
     inv_count = 1.0 / n_rows
     for t in prange((n_cols + band - 1) // band):
@@ -82,9 +83,8 @@ def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, coefficien
         for j in range(c1 - c0):
             mean[c0 + j], var[c0 + j] = moments(k[j], s1[j], s2[j], inv_count)
         fill_forward(mean[c0:c1], var[c0:c1], weight[c0:c1], bias[c0:c1], eps,
-                     rstd[c0:c1], coefficients[:, c0:c1])
-        tile_affine(x, 0, n_rows, c0, c1, coefficients[0][c0:c1], coefficients[1][c0:c1],
-                    coefficients[2][c0:c1], out, stream)
+                     rstd[c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1])
+        tile_affine(x, 0, n_rows, c0, c1, centre[c0:c1], scale[c0:c1], shift[c0:c1], out, stream)
         if stream:
             end_streams()
 
@@ -118,6 +118,7 @@ def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
                            sum_dy, sum_dy_xc, coefficients, dweight, band, stream):
     (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients,
      dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients, dweight)
+    centre, k_dy, k_x, k_0 = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
     n_rows, n_cols = x.shape
     for t in prange((n_cols + band - 1) // band):
         c0 = t * band
@@ -126,9 +127,9 @@ def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
         sum_dy_xc[c0:c1] = 0.0
         tile_grad_sums(dy, x, 0, n_rows, c0, c1, mean[c0:c1], sum_dy[c0:c1], sum_dy_xc[c0:c1])
         fill_backward(sum_dy[c0:c1], sum_dy_xc[c0:c1], mean[c0:c1], rstd[c0:c1], weight[c0:c1],
-                      inv_count, batch_stats, coefficients[:, c0:c1], dweight[c0:c1])
-        tile_grad_input(dy, x, 0, n_rows, c0, c1, coefficients[0][c0:c1],
-                        coefficients[1][c0:c1], coefficients[2][c0:c1], coefficients[3][c0:c1],
-                        out, stream)
+                      inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                      k_0[c0:c1], dweight[c0:c1])
+        tile_grad_input(dy, x, 0, n_rows, c0, c1, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                        k_0[c0:c1], out, stream)
         if stream:
             end_streams()

@@ -205,7 +205,7 @@ def periodic(per_column, n_cols, itemsize):
 # ----------------------------------------------------------------------------------------------
 
 def _expand(per_channel, group):
-    """A per-channel vector, or the rows of a per-channel array, as per-column ones."""
+    """A per-channel vector, or the rows of a per-channel (k, C) array, as per-column ones."""
     return per_channel if group == 1 else np.repeat(per_channel, group, axis=-1)
 
 
