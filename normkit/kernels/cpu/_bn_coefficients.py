@@ -11,8 +11,8 @@ from ._compile import cast_like, helper, inline_helper
 def channel_totals(partials, n_ch, group):
     """Per channel, the sum of ``partials`` (one row per tile) over its rows and columns: column
     j belongs to channel (j % (n_ch * group)) // group (a channel owns ``group`` neighbouring
-    columns, and a folded array repeats its columns). Compiled: NumPy's transposed sums took
-    9 us on the (1, 8192) partials of an (8, 512, 4, 4) input, this 1."""
+    columns, and a folded array repeats its columns). Compiled: NumPy's sums over the transposed
+    partials took 9 us each on the (1, 8192) partials of an (8, 512, 4, 4) input, this ~1."""
     total = np.zeros(n_ch)
     period = n_ch * group
     for t in range(partials.shape[0]):
@@ -94,8 +94,6 @@ def channel_forward_coefficients(mean, rstd, weight, bias, zero):
 
 @helper
 def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
-    # Three vectors (rows of the caller's array), not the 2-D array: a loop storing into three
-    # rows of one array did not vectorise (measured 2x slower at C = 4096; so fill_backward).
     for c in range(mean.shape[0]):  # a loop of its own, so that the square roots vectorise
         rstd[c] = 1.0 / np.sqrt(var[c] + eps)
     zero = cast_like(0.0, centre)
@@ -106,16 +104,14 @@ def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
 
 
 def forward_coefficients(mean, var, weight, bias, eps, dtype):
-    """Per channel: rstd = 1 / sqrt(var + eps) (float64) and the coefficients of
-    y = (x - centre) * scale + shift = (x - mean) * rstd * weight + bias, in ``dtype``: one
-    (3, C) array whose rows are ``centre, scale, shift`` (one array, so that a layout with
-    several columns per channel repeats them in one call)."""
+    """Per channel: rstd = 1 / sqrt(var + eps) (float64) and the ``(centre, scale, shift)``
+    vectors, in ``dtype``, of y = (x - centre) * scale + shift = (x - mean) * rstd * weight + bias."""
     n = mean.shape[0]
     rstd = np.empty(n)
-    coefficients = np.empty((3, n), dtype)
+    centre, scale, shift = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
     fill_forward(mean, var, NONE if weight is None else weight, NONE if bias is None else bias,
-                 float(eps), rstd, *coefficients)
-    return rstd, coefficients
+                 float(eps), rstd, centre, scale, shift)
+    return rstd, (centre, scale, shift)
 
 
 @inline_helper
@@ -143,13 +139,13 @@ def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
 
 
 def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype):
-    """The coefficients, in ``dtype``, as one (4, C) array of rows ``centre, k_dy, k_x, k_0``, of
+    """The ``(centre, k_dy, k_x, k_0)`` vectors, in ``dtype``, of
     dx = dy * k_dy + (x - centre) * k_x + k_0 = k * (dy - a - (x - mean) * b), with k = rstd * weight,
     a = sum(dy) / count and b = sum(dy * (x - mean)) * rstd^2 / count (a = b = 0 when the forward
     used running statistics: they are constants); and dweight = sum(dy * (x - mean)) * rstd
     (float64). Sums over ``count`` values per channel, as :func:`grad_sums` returns them."""
     n = mean.shape[0]
-    coefficients = np.empty((4, n), dtype)
+    coefficients = tuple(np.empty(n, dtype) for _ in range(4))
     dweight = np.empty(n)
     fill_backward(sum_dy, sum_dy_xc, mean, rstd, NONE if weight is None else weight,
                   1.0 / count, bool(batch_stats), *coefficients, dweight)

@@ -67,10 +67,10 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 
 
 @kernel
-def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, coefficients, band, stream):
-    (x, weight, bias, out, mean, var, rstd,
-     coefficients) = borrowed(x, weight, bias, out, mean, var, rstd, coefficients)
-    centre, scale, shift = coefficients[0], coefficients[1], coefficients[2]
+def wide_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, centre, scale, shift, band,
+                          stream):
+    (x, weight, bias, out, mean, var, rstd, centre, scale,
+     shift) = borrowed(x, weight, bias, out, mean, var, rstd, centre, scale, shift)
     n_rows, n_cols = x.shape
     inv_count = 1.0 / n_rows
     for t in prange((n_cols + band - 1) // band):
@@ -115,10 +115,10 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
 
 @kernel
 def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                           sum_dy, sum_dy_xc, coefficients, dweight, band, stream):
-    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients,
-     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, coefficients, dweight)
-    centre, k_dy, k_x, k_0 = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
+                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, stream):
+    (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0,
+     dweight) = borrowed(dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x,
+                         k_0, dweight)
     n_rows, n_cols = x.shape
     for t in prange((n_cols + band - 1) // band):
         c0 = t * band

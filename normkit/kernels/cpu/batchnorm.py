@@ -205,8 +205,7 @@ def periodic(per_column, n_cols, itemsize):
 # ----------------------------------------------------------------------------------------------
 
 def _expand(per_channel, group):
-    """A per-channel vector, or the rows of a per-channel (k, C) array, as per-column ones."""
-    return per_channel if group == 1 else np.repeat(per_channel, group, axis=-1)
+    return per_channel if group == 1 else np.repeat(per_channel, group)
 
 
 def batch_stats(x, group):
@@ -231,7 +230,7 @@ def affine(x, coefficients, out, group):
     """out = (x - centre) * scale + shift with the per-channel :func:`forward_coefficients`."""
     if x.ndim == 3 and flat_runs(x, out):
         x, out, group = _as_wide(x), _as_wide(out), x.shape[2]
-    centre, scale, shift = _expand(coefficients, group)
+    centre, scale, shift = (_expand(v, group) for v in coefficients)
     if x.ndim == 2 and not flat_streams(x, out):
         (x, out), (centre, scale, shift) = fold_wide((x, out), (centre, scale, shift))
     stream = streams(x, out)
@@ -267,7 +266,7 @@ def grad_input(dy, x, coefficients, out, group):
     """dx = dy * k_dy + (x - centre) * k_x + k_0 with the per-channel :func:`backward_coefficients`."""
     if x.ndim == 3 and flat_runs(x, out, dy):
         dy, x, out, group = _as_wide(dy), _as_wide(x), _as_wide(out), x.shape[2]
-    cols = list(_expand(coefficients, group))
+    cols = [_expand(v, group) for v in coefficients]
     if x.ndim == 2 and not flat_streams(x, out):
         (dy, x, out), cols = fold_wide((dy, x, out), cols)
     stream = streams(x, out)
@@ -327,8 +326,8 @@ def one_pass_forward(x, weight, bias, eps, out, band):
         runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, stream,
                               work=x.size)
     else:
-        coefficients = np.empty((3, n), x.dtype)  # per-column scratch
-        wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, coefficients,
+        coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-column scratch
+        wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
                               band, stream, work=x.size)
     return mean, var, rstd
 
@@ -345,6 +344,6 @@ def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
     if x.ndim == 3:
         runs_one_pass_backward(*args, dweight, stream, work=x.size)
     else:
-        coefficients = np.empty((4, n), x.dtype)  # per-column scratch
-        wide_one_pass_backward(*args, coefficients, dweight, band, stream, work=x.size)
+        coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-column scratch
+        wide_one_pass_backward(*args, *coefficients, dweight, band, stream, work=x.size)
     return sum_dy, dweight
