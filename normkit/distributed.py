@@ -136,9 +136,9 @@ class SyncBatchNorm(BatchNorm):
                                     self.momentum, self.num_batches_tracked, op):
                 self.num_batches_tracked += 1
         rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, args.weight, args.bias,
-                                                          args.eps, x.dtype)
+                                                          args.eps, x.dtype, layout.group)
         yk, y = layout.empty(x.dtype, apart_from=(xk,))
-        _bn_cpu.affine(xk, coefficients, yk, layout.group)
+        _bn_cpu.affine(xk, coefficients, yk)
         self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, weight=args.weight,
                           total=total, shape=x.shape)
         self._saved = None
@@ -162,9 +162,10 @@ class SyncBatchNorm(BatchNorm):
         total = np.empty_like(local)
         self.comm.Allreduce(local, total)
         coefficients, _ = _bn_cpu.backward_coefficients(  # its dweight is the global one
-            total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype)
+            total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype,
+            layout.group)
         dxk, dx = layout.empty(s["xk"].dtype, apart_from=(dyk, s["xk"]))
-        _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk, layout.group)
+        _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk)
         if self.weight is not None:  # the local share: the gradient sync adds the others'
             self.weight.grad += (local[1] * s["rstd"]).astype(self.weight.grad.dtype)
         if self.bias is not None:

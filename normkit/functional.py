@@ -97,8 +97,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         else:
             mean = running_mean.astype(np.float64)
             var = running_var.astype(np.float64)
-        rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, w, b, eps, x.dtype)
-        _bn_cpu.affine(xk, coefficients, yk, layout.group)
+        rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, w, b, eps, x.dtype,
+                                                          layout.group)
+        _bn_cpu.affine(xk, coefficients, yk)
     if training and running_mean is not None:
         updated = update_running_stats(running_mean, running_var, mean, var, count, momentum,
                                        num_batches_tracked, op)
@@ -153,8 +154,9 @@ def batch_norm_backward(dy, saved):
         else:  # eval mode without affine parameters: dx = dy * rstd needs no sums
             sum_dy = sum_dy_xc = np.zeros(mean.shape[0])
         coefficients, dweight = _bn_cpu.backward_coefficients(
-            sum_dy, sum_dy_xc, mean, rstd, saved.weight, saved.count, saved.batch_stats, xk.dtype)
-        _bn_cpu.grad_input(dyk, xk, coefficients, dxk, layout.group)
+            sum_dy, sum_dy_xc, mean, rstd, saved.weight, saved.count, saved.batch_stats, xk.dtype,
+            layout.group)
+        _bn_cpu.grad_input(dyk, xk, coefficients, dxk)
     dweight = None if saved.weight is None else dweight.astype(saved.param_dtype)
     dbias = sum_dy.astype(saved.param_dtype) if saved.has_bias else None
     return dx, dweight, dbias

@@ -97,18 +97,31 @@ def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
     for c in range(mean.shape[0]):  # a loop of its own, so that the square roots vectorise
         rstd[c] = 1.0 / np.sqrt(var[c] + eps)
     zero = cast_like(0.0, centre)
+    group = centre.shape[0] // mean.shape[0]
+    if group == 1:  # a loop of its own, which vectorises
+        for c in range(mean.shape[0]):
+            centre[c], scale[c], shift[c] = channel_forward_coefficients(
+                mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
+                bias[c] if bias.shape[0] else 0.0, zero)
+        return
     for c in range(mean.shape[0]):
-        centre[c], scale[c], shift[c] = channel_forward_coefficients(
+        a, b, d = channel_forward_coefficients(
             mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
             bias[c] if bias.shape[0] else 0.0, zero)
+        centre[c * group:(c + 1) * group] = a
+        scale[c * group:(c + 1) * group] = b
+        shift[c * group:(c + 1) * group] = d
 
 
-def forward_coefficients(mean, var, weight, bias, eps, dtype):
-    """Per channel: rstd = 1 / sqrt(var + eps) (float64) and the ``(centre, scale, shift)``
-    vectors, in ``dtype``, of y = (x - centre) * scale + shift = (x - mean) * rstd * weight + bias."""
+def forward_coefficients(mean, var, weight, bias, eps, dtype, group=1):
+    """Per channel: rstd = 1 / sqrt(var + eps) (float64); and the ``(centre, scale, shift)``
+    vectors, in ``dtype``, of y = (x - centre) * scale + shift = (x - mean) * rstd * weight + bias,
+    with ``group`` entries per channel (one per column of a wide layout with ``group`` columns
+    a channel: written here, the three np.repeat calls that did it cost 4-5 us)."""
     n = mean.shape[0]
     rstd = np.empty(n)
-    centre, scale, shift = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
+    m = n * group
+    centre, scale, shift = np.empty(m, dtype), np.empty(m, dtype), np.empty(m, dtype)
     fill_forward(mean, var, NONE if weight is None else weight, NONE if bias is None else bias,
                  float(eps), rstd, centre, scale, shift)
     return rstd, (centre, scale, shift)
@@ -132,20 +145,33 @@ def channel_backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, inv_cou
 def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
                   centre, k_dy, k_x, k_0, dweight):
     zero = cast_like(0.0, centre)
+    group = centre.shape[0] // mean.shape[0]
+    if group == 1:  # a loop of its own, which vectorises
+        for c in range(mean.shape[0]):
+            centre[c], k_dy[c], k_x[c], k_0[c], dweight[c] = channel_backward_coefficients(
+                sum_dy[c], sum_dy_xc[c], mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
+                inv_count, batch_stats, zero)
+        return
     for c in range(mean.shape[0]):
-        centre[c], k_dy[c], k_x[c], k_0[c], dweight[c] = channel_backward_coefficients(
+        a, b, d, e, dweight[c] = channel_backward_coefficients(
             sum_dy[c], sum_dy_xc[c], mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
             inv_count, batch_stats, zero)
+        centre[c * group:(c + 1) * group] = a
+        k_dy[c * group:(c + 1) * group] = b
+        k_x[c * group:(c + 1) * group] = d
+        k_0[c * group:(c + 1) * group] = e
 
 
-def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype):
+def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype,
+                          group=1):
     """The ``(centre, k_dy, k_x, k_0)`` vectors, in ``dtype``, of
     dx = dy * k_dy + (x - centre) * k_x + k_0 = k * (dy - a - (x - mean) * b), with k = rstd * weight,
     a = sum(dy) / count and b = sum(dy * (x - mean)) * rstd^2 / count (a = b = 0 when the forward
     used running statistics: they are constants); and dweight = sum(dy * (x - mean)) * rstd
-    (float64). Sums over ``count`` values per channel, as :func:`grad_sums` returns them."""
+    (float64). Sums over ``count`` values per channel, as :func:`grad_sums` returns them. The
+    coefficient vectors have ``group`` entries per channel, as in :func:`forward_coefficients`."""
     n = mean.shape[0]
-    coefficients = tuple(np.empty(n, dtype) for _ in range(4))
+    coefficients = tuple(np.empty(n * group, dtype) for _ in range(4))
     dweight = np.empty(n)
     fill_backward(sum_dy, sum_dy_xc, mean, rstd, NONE if weight is None else weight,
                   1.0 / count, bool(batch_stats), *coefficients, dweight)

@@ -226,11 +226,13 @@ def batch_stats(x, group):
     return moments_from_partials(shift, sums, squares, float(count), 1)
 
 
-def affine(x, coefficients, out, group):
-    """out = (x - centre) * scale + shift with the per-channel :func:`forward_coefficients`."""
+def affine(x, coefficients, out):
+    """out = (x - centre) * scale + shift with the :func:`forward_coefficients` (given the
+    layout's ``group``: per column of a wide ``x``, per channel of a runs one)."""
+    centre, scale, shift = coefficients
     if x.ndim == 3 and flat_runs(x, out):
-        x, out, group = _as_wide(x), _as_wide(out), x.shape[2]
-    centre, scale, shift = (_expand(v, group) for v in coefficients)
+        centre, scale, shift = (_expand(v, x.shape[2]) for v in coefficients)
+        x, out = _as_wide(x), _as_wide(out)
     if x.ndim == 2 and not flat_streams(x, out):
         (x, out), (centre, scale, shift) = fold_wide((x, out), (centre, scale, shift))
     stream = streams(x, out)
@@ -262,11 +264,13 @@ def grad_sums(dy, x, mean, group):
     return channel_total_pair(s1, s2, x.shape[1], 1)
 
 
-def grad_input(dy, x, coefficients, out, group):
-    """dx = dy * k_dy + (x - centre) * k_x + k_0 with the per-channel :func:`backward_coefficients`."""
+def grad_input(dy, x, coefficients, out):
+    """dx = dy * k_dy + (x - centre) * k_x + k_0 with the :func:`backward_coefficients` (given
+    the layout's ``group``: per column of a wide ``x``, per channel of a runs one)."""
+    cols = list(coefficients)
     if x.ndim == 3 and flat_runs(x, out, dy):
-        dy, x, out, group = _as_wide(dy), _as_wide(x), _as_wide(out), x.shape[2]
-    cols = [_expand(v, group) for v in coefficients]
+        cols = [_expand(v, x.shape[2]) for v in coefficients]
+        dy, x, out = _as_wide(dy), _as_wide(x), _as_wide(out)
     if x.ndim == 2 and not flat_streams(x, out):
         (dy, x, out), cols = fold_wide((dy, x, out), cols)
     stream = streams(x, out)
