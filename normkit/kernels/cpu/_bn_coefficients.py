@@ -94,6 +94,8 @@ def channel_forward_coefficients(mean, rstd, weight, bias, zero):
 
 @helper
 def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
+    """:func:`forward_coefficients` into its arrays: ``centre``, ``scale``, ``shift`` hold
+    ``group`` = len(centre) // len(mean) entries per channel."""
     for c in range(mean.shape[0]):  # a loop of its own, so that the square roots vectorise
         rstd[c] = 1.0 / np.sqrt(var[c] + eps)
     zero = cast_like(0.0, centre)
@@ -104,13 +106,13 @@ def fill_forward(mean, var, weight, bias, eps, rstd, centre, scale, shift):
                 mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
                 bias[c] if bias.shape[0] else 0.0, zero)
         return
-    for c in range(mean.shape[0]):
-        a, b, d = channel_forward_coefficients(
+    for c in range(mean.shape[0]):  # whole slices: stores of one value at a time took 2x as long
+        centre_c, scale_c, shift_c = channel_forward_coefficients(
             mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
             bias[c] if bias.shape[0] else 0.0, zero)
-        centre[c * group:(c + 1) * group] = a
-        scale[c * group:(c + 1) * group] = b
-        shift[c * group:(c + 1) * group] = d
+        centre[c * group:(c + 1) * group] = centre_c
+        scale[c * group:(c + 1) * group] = scale_c
+        shift[c * group:(c + 1) * group] = shift_c
 
 
 def forward_coefficients(mean, var, weight, bias, eps, dtype, group=1):
@@ -144,6 +146,8 @@ def channel_backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, inv_cou
 @helper
 def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
                   centre, k_dy, k_x, k_0, dweight):
+    """:func:`backward_coefficients` into its arrays, ``group`` = len(centre) // len(mean)
+    entries per channel (see :func:`fill_forward`)."""
     zero = cast_like(0.0, centre)
     group = centre.shape[0] // mean.shape[0]
     if group == 1:  # a loop of its own, which vectorises
@@ -153,13 +157,13 @@ def fill_backward(sum_dy, sum_dy_xc, mean, rstd, weight, inv_count, batch_stats,
                 inv_count, batch_stats, zero)
         return
     for c in range(mean.shape[0]):
-        a, b, d, e, dweight[c] = channel_backward_coefficients(
+        centre_c, k_dy_c, k_x_c, k_0_c, dweight[c] = channel_backward_coefficients(
             sum_dy[c], sum_dy_xc[c], mean[c], rstd[c], weight[c] if weight.shape[0] else 1.0,
             inv_count, batch_stats, zero)
-        centre[c * group:(c + 1) * group] = a
-        k_dy[c * group:(c + 1) * group] = b
-        k_x[c * group:(c + 1) * group] = d
-        k_0[c * group:(c + 1) * group] = e
+        centre[c * group:(c + 1) * group] = centre_c
+        k_dy[c * group:(c + 1) * group] = k_dy_c
+        k_x[c * group:(c + 1) * group] = k_x_c
+        k_0[c * group:(c + 1) * group] = k_0_c
 
 
 def backward_coefficients(sum_dy, sum_dy_xc, mean, rstd, weight, count, batch_stats, dtype,

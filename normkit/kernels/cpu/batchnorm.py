@@ -200,8 +200,9 @@ def periodic(per_column, n_cols, itemsize):
 
 
 # ----------------------------------------------------------------------------------------------
-# Entry points; ``group`` is the number of neighbouring columns that
-# share a channel in the wide layout (ignored for runs).
+# Entry points; ``group`` is the number of neighbouring columns that share a channel in the wide
+# layout (ignored for runs). The elementwise passes take their coefficients already per column
+# (``forward_coefficients(..., group)``).
 # ----------------------------------------------------------------------------------------------
 
 def _expand(per_channel, group):
