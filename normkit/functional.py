@@ -90,7 +90,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     updated = False
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=1) if training else 0
     if band:
-        mean, var, rstd = _bn_cpu.one_pass_forward(xk, w, b, eps, yk, band)
+        mean, var, rstd = _bn_cpu.one_pass_forward(xk, w, b, eps, yk, band, layout.group)
     else:
         if training:
             mean, var = _bn_cpu.batch_stats(xk, layout.group)
@@ -147,7 +147,7 @@ def batch_norm_backward(dy, saved):
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=2) if needs_sums else 0
     if band:
         sum_dy, dweight = _bn_cpu.one_pass_backward(dyk, xk, mean, rstd, saved.weight, saved.count,
-                                                    saved.batch_stats, dxk, band)
+                                                    saved.batch_stats, dxk, band, layout.group)
     else:
         if needs_sums:
             sum_dy, sum_dy_xc = _bn_cpu.grad_sums(dyk, xk, mean, layout.group)

@@ -20,6 +20,8 @@ LAYOUTS = [
     ((3, 5, 7, 11), 1), ((2, 3, 9, 9), 1), ((3, 5, 4, 7), -1), ((2, 8, 8, 3), 3),
     ((13, 29), 0), ((7, 257), 0), ((300, 517), 1), ((2, 2, 17000), 1), ((1, 3, 40), 1),
     ((3, 9, 40), 1), ((2, 16, 5, 7), 1),  # runs with channels enough for the one-pass kernels
+    ((40, 6, 3, 3), 1), ((32, 400, 3), 1),  # a channel over 9 or 3 columns in the wide one-pass
+                                            # kernels (one band; three bands of 528, 528, 144)
 ]
 
 
@@ -301,7 +303,11 @@ def test_constant_and_tiny_variance_inputs(rng, kernel_build, bn_passes):
     ((1024, 1024), 1, 1, 0),
     ((65536, 256), 1, 1, 0),        # a band of 256 columns would be 64 MiB
     ((100352, 64), 1, 1, 0),        # channels-last (32, 56, 56, 64)
-    ((64, 40), 8, 1, 0),            # a channel spread over 8 columns
+    ((64, 40), 8, 1, 512),          # a channel spread over 8 columns: one band
+    ((64, 8192), 16, 2, 1024),      # NCHW (64, 512, 4, 4): bands of whole channels
+    ((32, 1200), 3, 1, 528),        # bands of a multiple of 16 columns and of 3
+    ((64, 1152), 9, 1, 576),        # of 144: at least 512 columns
+    ((8, 8192), 16, 2, 1024),       # NCHW (8, 512, 4, 4)
 ])
 def test_one_pass_kernels_apply_where_a_task_fits_in_cache(shape, group, n_inputs, expected):
     assert config.ONE_PASS_BYTES == 1 << 20

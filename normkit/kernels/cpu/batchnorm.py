@@ -30,6 +30,7 @@ output's dtype with the mean split in two (see ``_bn_coefficients.py``).
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -303,26 +304,26 @@ FOLDED_TWO_PASS_MAX_COLS = 32  # folded arrays (see FOLD_MAX_COLS) this narrow t
 
 def one_pass_band(x, group, n_inputs):
     """How the one-pass kernels would split ``x`` (``n_inputs`` arrays of its shape are read):
-    1 for runs (a channel per task), the columns per task for the wide layout, or 0 when they do
-    not apply. A function of the shape alone, so results do not depend on the thread count."""
+    1 for runs (a channel per task), the columns per task for the wide layout (whole channels:
+    a multiple of ``group``), or 0 when they do not apply. A function of the shape alone, so results do not depend on the thread count."""
     bytes_per_value = x.itemsize * n_inputs
     if x.ndim == 3:
         fits = x.shape[0] * x.shape[2] * bytes_per_value <= config.ONE_PASS_BYTES
         return 1 if fits and x.shape[1] >= ONE_PASS_MIN_TASKS else 0
-    if group != 1:  # a channel's columns would have to stay in one band
-        return 0
     if x.shape[1] <= FOLDED_TWO_PASS_MAX_COLS and folding(x) > 1:
         return 0
     n_rows, n_cols = x.shape
     fit = config.ONE_PASS_BYTES // (n_rows * bytes_per_value)
-    band = min(fit, max(-(-n_cols // ONE_PASS_MIN_TASKS), ONE_PASS_MIN_COLS)) // 16 * 16
+    unit = 16 * group // math.gcd(16, group)  # a multiple of 16 that keeps channels whole
+    wanted = max(-(-n_cols // ONE_PASS_MIN_TASKS), ONE_PASS_MIN_COLS)
+    band = min(fit // unit, -(-wanted // unit)) * unit
     return band if band >= min(n_cols, ONE_PASS_MIN_COLS) else 0
 
 
-def one_pass_forward(x, weight, bias, eps, out, band):
+def one_pass_forward(x, weight, bias, eps, out, band, group):
     """Training forward in one pass (see :func:`one_pass_band`): writes ``out`` and returns the
     batch mean, biased variance and rstd per channel (float64)."""
-    n = x.shape[1]
+    n = x.shape[1] // group
     mean, var, rstd = np.empty(n), np.empty(n), np.empty(n)
     weight = NONE if weight is None else weight
     bias = NONE if bias is None else bias
@@ -331,17 +332,17 @@ def one_pass_forward(x, weight, bias, eps, out, band):
         runs_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, stream,
                               work=x.size)
     else:
-        coefficients = tuple(np.empty(n, x.dtype) for _ in range(3))  # per-column scratch
+        coefficients = tuple(np.empty(x.shape[1], x.dtype) for _ in range(3))  # per column
         wide_one_pass_forward(x, weight, bias, float(eps), out, mean, var, rstd, *coefficients,
-                              band, stream, work=x.size)
+                              band, group, stream, work=x.size)
     return mean, var, rstd
 
 
-def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
+def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band, group):
     """Backward in one pass (see :func:`one_pass_band`): writes dx into ``out`` and returns
     sum(dy) and dweight per channel (float64), as :func:`grad_sums` and
     :func:`backward_coefficients` would."""
-    n = x.shape[1]
+    n = x.shape[1] // group
     sum_dy, sum_dy_xc, dweight = np.empty(n), np.empty(n), np.empty(n)
     args = (dy, x, mean, rstd, NONE if weight is None else weight, 1.0 / count, bool(batch_stats),
             out, sum_dy, sum_dy_xc)
@@ -349,6 +350,6 @@ def one_pass_backward(dy, x, mean, rstd, weight, count, batch_stats, out, band):
     if x.ndim == 3:
         runs_one_pass_backward(*args, dweight, stream, work=x.size)
     else:
-        coefficients = tuple(np.empty(n, x.dtype) for _ in range(4))  # per-column scratch
-        wide_one_pass_backward(*args, *coefficients, dweight, band, stream, work=x.size)
+        coefficients = tuple(np.empty(x.shape[1], x.dtype) for _ in range(4))  # per column
+        wide_one_pass_backward(*args, *coefficients, dweight, band, group, stream, work=x.size)
     return sum_dy, dweight
