@@ -68,6 +68,20 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 
 
 @helper
+def band_channel_sums(s1, s2, group, t1, t2):
+    """``t1``, ``t2`` (one value a channel of a band): the sums of each channel's ``group``
+    neighbouring columns of ``s1``, ``s2`` (they share one shift, or one mean: their sums add)."""
+    for h in range(t1.shape[0]):
+        a1 = 0.0
+        a2 = 0.0
+        for j in range(h * group, (h + 1) * group):
+            a1 += s1[j]
+            a2 += s2[j]
+        t1[h] = a1
+        t2[h] = a2
+
+
+@helper
 def band_channel_moments(k, s1, s2, group, inv_count, mean, var):
     """Mean and biased variance of each channel of a band (``mean``, ``var``: its slices) from
     its columns' sums ``s1``, ``s2`` of x - k, ``group`` neighbouring columns a channel, all with
@@ -76,27 +90,11 @@ def band_channel_moments(k, s1, s2, group, inv_count, mean, var):
         for j in range(s1.shape[0]):
             mean[j], var[j] = moments(k[j], s1[j], s2[j], inv_count)
         return
+    t1 = np.empty(mean.shape[0])
+    t2 = np.empty(mean.shape[0])
+    band_channel_sums(s1, s2, group, t1, t2)
     for h in range(mean.shape[0]):
-        a1 = 0.0
-        a2 = 0.0
-        for j in range(h * group, (h + 1) * group):
-            a1 += s1[j]
-            a2 += s2[j]
-        mean[h], var[h] = moments(k[h * group], a1, a2, inv_count)
-
-
-@helper
-def band_channel_sums(s1, s2, group, sum_dy, sum_dy_xc):
-    """``sum_dy``, ``sum_dy_xc`` (a band's slices, one value a channel): the sums of each
-    channel's ``group`` neighbouring columns of ``s1``, ``s2``."""
-    for h in range(sum_dy.shape[0]):
-        a1 = 0.0
-        a2 = 0.0
-        for j in range(h * group, (h + 1) * group):
-            a1 += s1[j]
-            a2 += s2[j]
-        sum_dy[h] = a1
-        sum_dy_xc[h] = a2
+        mean[h], var[h] = moments(k[h * group], t1[h], t2[h], inv_count)
 
 
 @kernel
