@@ -153,8 +153,8 @@ def runs_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
 
 
 @kernel
-def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out,
-                           sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, group, stream):
+def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, out, sum_dy,
+                           sum_dy_xc, centre, k_dy, k_x, k_0, dweight, band, group, stream):
     """Bands as :func:`wide_one_pass_forward`'s: ``mean``, ``rstd``, the sums and ``dweight``
     per channel, ``centre``, ``k_dy``, ``k_x``, ``k_0`` per column (scratch)."""
     (dy, x, mean, rstd, weight, out, sum_dy, sum_dy_xc, centre, k_dy, k_x, k_0,

@@ -305,7 +305,8 @@ FOLDED_TWO_PASS_MAX_COLS = 32  # folded arrays (see FOLD_MAX_COLS) this narrow t
 def one_pass_band(x, group, n_inputs):
     """How the one-pass kernels would split ``x`` (``n_inputs`` arrays of its shape are read):
     1 for runs (a channel per task), the columns per task for the wide layout (whole channels:
-    a multiple of ``group``), or 0 when they do not apply. A function of the shape alone, so results do not depend on the thread count."""
+    a multiple of ``group``), or 0 when they do not apply. A function of the shape alone, so
+    results do not depend on the thread count."""
     bytes_per_value = x.itemsize * n_inputs
     if x.ndim == 3:
         fits = x.shape[0] * x.shape[2] * bytes_per_value <= config.ONE_PASS_BYTES
