@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._bn_coefficients import (channel_backward_coefficients, channel_forward_coefficients,
-                               fill_backward, fill_forward, moments)
+                               channel_total_pair, fill_backward, fill_forward, moments)
 from ._bn_rows import affine_row, affine_values, grad_input_row, grad_input_values
 from ._bn_runs import run_grad_sums, run_shifted_sums
 from ._bn_wide import tile_affine, tile_grad_input, tile_grad_sums, tile_shifted_sums
@@ -68,20 +68,6 @@ def runs_one_pass_forward(x, weight, bias, eps, out, mean, var, rstd, stream):
 
 
 @helper
-def band_channel_sums(s1, s2, group, t1, t2):
-    """``t1``, ``t2`` (one value a channel of a band): the sums of each channel's ``group``
-    neighbouring columns of ``s1``, ``s2`` (they share one shift, or one mean: their sums add)."""
-    for h in range(t1.shape[0]):
-        a1 = 0.0
-        a2 = 0.0
-        for j in range(h * group, (h + 1) * group):
-            a1 += s1[j]
-            a2 += s2[j]
-        t1[h] = a1
-        t2[h] = a2
-
-
-@helper
 def band_channel_moments(k, s1, s2, group, inv_count, mean, var):
     """Mean and biased variance of each channel of a band (``mean``, ``var``: its slices) from
     its columns' sums ``s1``, ``s2`` of x - k, ``group`` neighbouring columns a channel, all with
@@ -90,9 +76,8 @@ def band_channel_moments(k, s1, s2, group, inv_count, mean, var):
         for j in range(s1.shape[0]):
             mean[j], var[j] = moments(k[j], s1[j], s2[j], inv_count)
         return
-    t1 = np.empty(mean.shape[0])
-    t2 = np.empty(mean.shape[0])
-    band_channel_sums(s1, s2, group, t1, t2)
+    # A channel's columns share its shift: their sums add.
+    t1, t2 = channel_total_pair(s1.reshape(1, -1), s2.reshape(1, -1), mean.shape[0], group)
     for h in range(mean.shape[0]):
         mean[h], var[h] = moments(k[h * group], t1[h], t2[h], inv_count)
 
@@ -178,7 +163,9 @@ def wide_one_pass_backward(dy, x, mean, rstd, weight, inv_count, batch_stats, ou
             s1 = np.zeros(c1 - c0)
             s2 = np.zeros(c1 - c0)
             tile_grad_sums(dy, x, 0, n_rows, c0, c1, column_mean, s1, s2)
-            band_channel_sums(s1, s2, group, sum_dy[h0:h1], sum_dy_xc[h0:h1])
+            t1, t2 = channel_total_pair(s1.reshape(1, -1), s2.reshape(1, -1), h1 - h0, group)
+            sum_dy[h0:h1] = t1
+            sum_dy_xc[h0:h1] = t2
         fill_backward(sum_dy[h0:h1], sum_dy_xc[h0:h1], mean[h0:h1], rstd[h0:h1], weight[h0:h1],
                       inv_count, batch_stats, centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
                       k_0[c0:c1], dweight[h0:h1])
