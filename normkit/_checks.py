@@ -11,13 +11,29 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def not_masked(x, op, name):
+    """A TypeError for a masked array: normkit computes on every value, so its mask would be
+    ignored silently (and NumPy's own functions, as in the reference backend, would honour it)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{op}: {name} is a masked array, whose mask normkit would ignore; pass "
+                        f"{name}.filled(value) or only the values to use")
+
+
 def float_array(x, op, name="x"):
-    """``x`` as a float32/float64 ndarray, or a TypeError/ValueError naming ``op`` and the problem."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{op}: {name} must be an array of floats, got {type(x).__name__}") from exc
+    """``x`` as a float32/float64 ndarray, or a TypeError/ValueError naming ``op`` and the problem.
+
+    Subclasses of ndarray come back as plain ndarray views of the same memory: the layers' ``*``
+    and ``@`` would mean matrix products on an ``np.matrix``. Masked arrays are refused."""
+    if type(x) is not np.ndarray:
+        if isinstance(x, np.ndarray):
+            not_masked(x, op, name)
+            x = x.view(np.ndarray)
+        else:
+            try:
+                x = np.asarray(x)
+            except Exception as exc:  # ragged lists and the like
+                raise TypeError(f"{op}: {name} must be an array of floats, "
+                                f"got {type(x).__name__}") from exc
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float32 or float64 array, got dtype {x.dtype}")
     if x.size == 0:
@@ -113,6 +129,7 @@ def running_stat(r, n_channels, op, name):
         return None
     if not isinstance(r, np.ndarray):
         raise TypeError(f"{op}: {name} must be a NumPy array (it is updated in place), got {type(r).__name__}")
+    not_masked(r, op, name)
     if r.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {r.dtype}")
     if r.shape != (n_channels,):

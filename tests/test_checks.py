@@ -162,3 +162,44 @@ def test_environment_settings_are_read(monkeypatch, reload_config):
     monkeypatch.setenv("NORMKIT_OUTPUT_CACHE_BYTES", "0")
     config = reload_config()
     assert (config.ONE_PASS_BYTES, config.OUTPUT_CACHE_BYTES, config.STREAM_MIN_BYTES) == (12345, 0, 8 << 20)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_arrays_are_refused_not_unmasked(backend):
+    """A mask would be ignored by the kernels (and honoured by NumPy's reference): refused."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    masked = np.ma.masked_array(x, mask=x > 1)
+    rm, rv = _state()
+    before = rm.copy(), rv.copy()
+    with pytest.raises(TypeError, match="batch_norm: x is a masked array"):
+        F.batch_norm(masked, rm, rv, training=True, backend=backend)
+    with pytest.raises(TypeError, match="running_var is a masked array"):
+        F.batch_norm(x, rm, np.ma.masked_array(rv), training=True, backend=backend)
+    np.testing.assert_array_equal(rm, before[0])
+    np.testing.assert_array_equal(rv, before[1])
+    with pytest.raises(TypeError, match="layer_norm: x is a masked array"):
+        F.layer_norm(masked, 4, backend=backend)
+    _, saved = F.layer_norm(x, 4, backend=backend)
+    with pytest.raises(TypeError, match="dy is a masked array"):
+        F.layer_norm_backward(masked, saved)
+    with pytest.raises(TypeError, match="Linear: x is a masked array"):
+        normkit.Linear(4, 2)(masked)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_ndarray_subclasses_compute_as_plain_arrays():
+    """np.matrix turns * into a matrix product; the layers see a plain ndarray view instead."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    dy = rng.standard_normal((8, 3)).astype(np.float32)
+    results = []
+    for as_input in (np.asarray, np.asmatrix):
+        normkit.manual_seed(0)
+        model = normkit.Sequential(normkit.Linear(4, 3), normkit.ReLU(), normkit.BatchNorm(3),
+                                   normkit.Sigmoid())
+        y = model(as_input(x))
+        dx = model.backward(as_input(dy))
+        assert type(y) is np.ndarray and type(dx) is np.ndarray
+        results.append((y, dx, model.parameters()[0].grad.copy()))
+    for plain, subclass in zip(*results):
+        np.testing.assert_array_equal(plain, subclass)
