@@ -53,10 +53,11 @@ class BatchNormLayout:
         """``a`` (the input's shape) as the kernels' array: a view when the memory allows."""
         return a.transpose(self.order).reshape(self.kernel_shape)
 
-    def empty(self, dtype, apart_from=()):
+    def empty(self, dtype, apart_from=(), line_offset=0):
         """A new output: (kernel array to write, the same memory in the input's shape), kept clear
-        of the inputs it is computed from (see ``_memory.empty``)."""
-        buf = _memory.empty(self.permuted_shape, dtype, apart_from)
+        of the inputs it is computed from, ``line_offset`` bytes into a line (see
+        ``_memory.empty``)."""
+        buf = _memory.empty(self.permuted_shape, dtype, apart_from, line_offset=line_offset)
         return buf.reshape(self.kernel_shape), buf.transpose(self.inverse)
 
 

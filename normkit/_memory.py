@@ -9,7 +9,10 @@ and hands them out again, as PyTorch's CUDA caching allocator does on the GPU.
 
 Every output starts on a 64-byte boundary (NumPy's large blocks start 16 bytes past one), so
 rows whose length is a multiple of 64 bytes are whole cache lines, which the CPU kernels write
-with streaming stores and no scalar head or tail (see ``kernels/cpu/_streaming.py``).
+with streaming stores and no scalar head or tail (see ``kernels/cpu/_streaming.py``); or, where
+the caller asks (``line_offset``), as far into one as its input is, so that an output written as
+one flat run of lines reads its input by whole lines too (see ``output_line_offset`` in
+``kernels/cpu/batchnorm.py``).
 
 Outputs also keep clear of their inputs modulo 1 MiB (``apart_from``). Measured on the
 development machine: when an output starts up to about three cache lines after an input's address
@@ -47,7 +50,8 @@ ALIGNMENT = 64      # bytes: a cache line
 ALIAS_SPAN = 1 << 20  # outputs keep out of a window after their inputs' addresses modulo this,
 ALIAS_WINDOW = 256    # this many bytes long
 MAX_APART_FROM = 2    # inputs an output can keep clear of (dy and x)
-PADDING = ALIGNMENT + MAX_APART_FROM * ALIAS_WINDOW  # room to align, then to move past the windows
+# room to align, to move into the line (line_offset), then past the windows
+PADDING = 2 * ALIGNMENT + MAX_APART_FROM * ALIAS_WINDOW
 
 
 class _Owner:
@@ -65,34 +69,35 @@ def _address(a):
 
 
 @njit(cache=True)
-def _placed(buffer_address, first, second, n_inputs):
+def _placed(buffer_address, first, second, n_inputs, line_offset):
     """:func:`output_address` for ``n_inputs`` (0 to 2) of the input addresses ``first`` and
     ``second`` (int64): the one implementation of the rule."""
-    address = buffer_address + (-buffer_address) % ALIGNMENT
+    address = buffer_address + (-buffer_address) % ALIGNMENT + line_offset
     while ((n_inputs > 0 and 0 < (address - first) % ALIAS_SPAN <= ALIAS_WINDOW)
            or (n_inputs > 1 and 0 < (address - second) % ALIAS_SPAN <= ALIAS_WINDOW)):
         address += ALIGNMENT
     return address
 
 
-def output_address(buffer_address, input_addresses):
-    """Where an output starts in a buffer at ``buffer_address``: the first 64-byte boundary,
-    moved on a line at a time while it lies 1 to ``ALIAS_WINDOW`` bytes after an input's address
-    (at most two inputs) modulo 1 MiB (at most ``ALIAS_WINDOW`` bytes per input: within
-    ``PADDING``)."""
+def output_address(buffer_address, input_addresses, line_offset=0):
+    """Where an output starts in a buffer at ``buffer_address``: ``line_offset`` bytes past the
+    first 64-byte boundary, moved on a line at a time while it lies 1 to ``ALIAS_WINDOW`` bytes
+    after an input's address (at most two inputs) modulo 1 MiB (at most ``ALIAS_WINDOW`` bytes
+    per input: within ``PADDING``)."""
     padded = [*input_addresses, 0, 0]
-    return _placed(buffer_address, padded[0], padded[1], len(input_addresses))
+    return _placed(buffer_address, padded[0], padded[1], len(input_addresses), line_offset)
 
 
 @njit(cache=True)
-def _start_in(buffer, first, second, n_inputs):
+def _start_in(buffer, first, second, n_inputs, line_offset):
     """The byte offset in ``buffer`` at which :func:`output_address` puts an output computed
-    from ``n_inputs`` (0 to 2) of ``first`` and ``second``.
+    from ``n_inputs`` (0 to 2) of ``first`` and ``second``, ``line_offset`` bytes into a line.
 
     Compiled because reading an array's address from Python costs ~2 us (NumPy builds its whole
     ``__array_interface__``): three of them were a third of a (32, 256) BatchNorm eval call."""
     base = np.int64(buffer.ctypes.data)
-    return _placed(base, np.int64(first.ctypes.data), np.int64(second.ctypes.data), n_inputs) - base
+    return _placed(base, np.int64(first.ctypes.data), np.int64(second.ctypes.data), n_inputs,
+                   line_offset) - base
 
 
 def _new_buffer(nbytes):
@@ -124,14 +129,18 @@ def _give_back(buffer):
             _free_bytes -= _free.pop(0).nbytes - PADDING
 
 
-def empty(shape, dtype, apart_from=(), *, cache_min_bytes=None):
+def empty(shape, dtype, apart_from=(), *, line_offset=0, cache_min_bytes=None):
     """A new uninitialised C-contiguous array, like ``np.empty(shape, dtype)``, whose data starts
-    on a 64-byte boundary, clear of the arrays in ``apart_from`` (at most two: the inputs the
-    output is computed from) modulo 1 MiB. Arrays of ``cache_min_bytes`` and more (default
-    ``config.OUTPUT_CACHE_MIN_BYTES``) reuse freed buffers."""
+    ``line_offset`` bytes (a multiple of the item size, below 64) past a 64-byte boundary, clear
+    of the arrays in ``apart_from`` (at most two: the inputs the output is computed from) modulo
+    1 MiB. Arrays of ``cache_min_bytes`` and more (default ``config.OUTPUT_CACHE_MIN_BYTES``)
+    reuse freed buffers."""
     if len(apart_from) > MAX_APART_FROM:
         raise ValueError(f"empty: at most {MAX_APART_FROM} arrays to keep apart from")
     dtype = np.dtype(dtype)
+    if not 0 <= line_offset < ALIGNMENT or line_offset % dtype.itemsize:
+        raise ValueError(f"empty: line_offset must be a multiple of {dtype.itemsize} in "
+                         f"[0, {ALIGNMENT}), got {line_offset}")
     nbytes = math.prod(shape) * dtype.itemsize
     if cache_min_bytes is None:
         cache_min_bytes = config.OUTPUT_CACHE_MIN_BYTES
@@ -139,12 +148,14 @@ def empty(shape, dtype, apart_from=(), *, cache_min_bytes=None):
         buffer = _new_buffer(nbytes)
         # (the buffer stands in for missing inputs: _start_in compares only n_inputs of them)
         first = apart_from[0] if apart_from else buffer
-        start = _start_in(buffer, first, apart_from[-1] if apart_from else buffer, len(apart_from))
+        start = _start_in(buffer, first, apart_from[-1] if apart_from else buffer, len(apart_from),
+                          line_offset)
         return np.ndarray(shape, dtype, buffer, start)  # (slicing and viewing took 1 us more)
     buffer = _take(nbytes)
     if buffer is None:
         buffer = _new_buffer(nbytes)
-    owner = _Owner(buffer, nbytes, output_address(_address(buffer), [_address(a) for a in apart_from]))
+    address = output_address(_address(buffer), [_address(a) for a in apart_from], line_offset)
+    owner = _Owner(buffer, nbytes, address)
     weakref.finalize(owner, _give_back, buffer)
     return np.asarray(owner).view(dtype).reshape(shape)
 

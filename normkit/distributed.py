@@ -137,7 +137,8 @@ class SyncBatchNorm(BatchNorm):
                 self.num_batches_tracked += 1
         rstd, coefficients = _bn_cpu.forward_coefficients(mean, var, args.weight, args.bias,
                                                           args.eps, x.dtype, layout.group)
-        yk, y = layout.empty(x.dtype, apart_from=(xk,))
+        yk, y = layout.empty(x.dtype, apart_from=(xk,),
+                             line_offset=_bn_cpu.output_line_offset(xk))
         _bn_cpu.affine(xk, coefficients, yk)
         self._sync = dict(layout=layout, xk=xk, mean=mean, rstd=rstd, weight=args.weight,
                           total=total, shape=x.shape)
@@ -164,7 +165,8 @@ class SyncBatchNorm(BatchNorm):
         coefficients, _ = _bn_cpu.backward_coefficients(  # its dweight is the global one
             total[0], total[1], s["mean"], s["rstd"], s["weight"], s["total"], True, s["xk"].dtype,
             layout.group)
-        dxk, dx = layout.empty(s["xk"].dtype, apart_from=(dyk, s["xk"]))
+        dxk, dx = layout.empty(s["xk"].dtype, apart_from=(dyk, s["xk"]),
+                               line_offset=_bn_cpu.output_line_offset(s["xk"], dyk))
         _bn_cpu.grad_input(dyk, s["xk"], coefficients, dxk)
         if self.weight is not None:  # the local share: the gradient sync adds the others'
             self.weight.grad += (local[1] * s["rstd"]).astype(self.weight.grad.dtype)

@@ -86,9 +86,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     layout = batch_norm_layout(x, axis)
     xk = layout.view(x)
-    yk, y = layout.empty(x.dtype, apart_from=(xk,))
-    updated = False
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=1) if training else 0
+    # (the one-pass kernels stream rows: a line-aligned output suits them)
+    offset = 0 if band else _bn_cpu.output_line_offset(xk)
+    yk, y = layout.empty(x.dtype, apart_from=(xk,), line_offset=offset)
+    updated = False
     if band:
         mean, var, rstd = _bn_cpu.one_pass_forward(xk, w, b, eps, yk, band, layout.group)
     else:
@@ -142,9 +144,10 @@ def batch_norm_backward(dy, saved):
     if dy.dtype != xk.dtype:  # the kernels take dy and x of one dtype; dx has x's anyway
         dy = dy.astype(xk.dtype)
     dyk = layout.view(dy)
-    dxk, dx = layout.empty(xk.dtype, apart_from=(dyk, xk))
     needs_sums = saved.batch_stats or saved.weight is not None or saved.has_bias
     band = _bn_cpu.one_pass_band(xk, layout.group, n_inputs=2) if needs_sums else 0
+    offset = 0 if band else _bn_cpu.output_line_offset(xk, dyk)
+    dxk, dx = layout.empty(xk.dtype, apart_from=(dyk, xk), line_offset=offset)
     if band:
         sum_dy, dweight = _bn_cpu.one_pass_backward(dyk, xk, mean, rstd, saved.weight, saved.count,
                                                     saved.batch_stats, dxk, band, layout.group)

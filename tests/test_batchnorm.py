@@ -342,6 +342,49 @@ def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass, r
             np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis)))
 
 
+def _at_line_offset(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    block = np.empty(a.nbytes + 128, np.uint8)
+    start = (offset - block.ctypes.data) % 64
+    out = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flat_runs_start_where_their_input_does_and_match_unstreamed(rng, monkeypatch, dtype):
+    """A flat pass's output starts as far into a line as x does (output_line_offset), so its
+    kernels write values before the first line with scalar code: same bits as the unstreamed
+    passes for x (and dy) at every offset, rows shorter than a line (5 and 3 values), fewer
+    values than a line (2 x 3), channels of 9 columns and runs of 40 as wide rows."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(config, "ONE_PASS_BYTES", 0)  # (one-pass outputs stay line-aligned)
+    itemsize = np.dtype(dtype).itemsize
+    cases = [((517, 5), 1), ((300, 64), 1), ((2, 3), 1), ((7, 4, 3, 3), 1), ((3, 4, 40), 1),
+             ((5, 3, 3, 40), -1)]
+    for shape, axis in cases:
+        c = shape[axis]
+        w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+        x0 = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+        dy0 = rng.standard_normal(shape).astype(dtype)
+        for offset in range(0, 64, itemsize):
+            x = _at_line_offset(x0, offset)
+            dy = _at_line_offset(dy0, (offset + 24) % 64)  # another offset than x's
+            results = []
+            for streamed in (False, True):
+                _stream_every_output(monkeypatch, on=streamed, row_bytes=1 << 30)  # all flat
+                rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+                y, saved = F.batch_norm(x, rm, rv, w, b, training=True, axis=axis)
+                y_eval, saved_eval = F.batch_norm(x, rm, rv, w, b, training=False, axis=axis)
+                dx = F.batch_norm_backward(dy, saved)[0]
+                if streamed:
+                    for out in (y, y_eval, dx):
+                        assert out.ctypes.data % 64 == offset, (shape, offset)
+                results.append((y, y_eval, dx, F.batch_norm_backward(dy, saved_eval)[0]))
+            for plain, streamed in zip(*results):
+                np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis, offset)))
+
+
 def test_only_large_outputs_stream_and_short_rows_flat():
     from normkit import _memory
     assert config.STREAM_MIN_BYTES == 8 << 20
@@ -364,6 +407,15 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     assert not bn_cpu.flat_runs(*both((256, 16, 49)))  # 0.8 MiB: nothing streams
     x, out = both((8192, 16, 49))
     assert not bn_cpu.flat_runs(x, out, x[:, :, ::-1])  # a strided dy
+    # Outputs of flat runs start where their input does in its line; others on a line.
+    x = _at_line_offset(np.zeros((100352, 64), np.float32), 16)  # as NumPy places large arrays
+    assert bn_cpu.output_line_offset(x) == bn_cpu.output_line_offset(x, x) == 16
+    assert bn_cpu.output_line_offset(x, x[:, ::-1]) == 0  # a strided dy: no flat run
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((32, 64, 3136), np.float32), 16)) == 0
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 48)) == 0
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((65536, 4, 9), np.float32), 48)) == 48
+    unaligned = np.frombuffer(np.zeros(100352 * 64 * 4 + 1, np.uint8)[1:], np.float32)
+    assert bn_cpu.output_line_offset(unaligned.reshape(100352, 64)) == 0
 
 
 def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):

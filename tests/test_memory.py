@@ -121,6 +121,21 @@ def test_output_address_moves_out_of_each_inputs_window():
 
 
 @pytest.mark.parametrize("nbytes", [SMALL, 64 * SMALL * 2])  # cached buffers and plain ones
+def test_outputs_start_where_asked_in_a_line(cache, nbytes):
+    shape = (nbytes // 8,)
+    x = np.empty(shape)
+    for line_offset in (0, 8, 56):
+        out = _memory.empty(shape, np.float64, apart_from=(x,), line_offset=line_offset)
+        assert _address(out) % 64 == line_offset and not _in_window(out, _address(x))
+        out[...] = 1.0  # inside its own buffer
+        del out
+        gc.collect()
+    for bad in (4, 64, -8):
+        with pytest.raises(ValueError, match="line_offset must be a multiple of 8 in"):
+            _memory.empty(shape, np.float64, line_offset=bad)
+
+
+@pytest.mark.parametrize("nbytes", [SMALL, 64 * SMALL * 2])  # cached buffers and plain ones
 @pytest.mark.parametrize("header", [0, 16, 48])             # the input's offset past a line
 def test_outputs_keep_clear_of_their_inputs(cache, nbytes, header):
     # x 16-64 bytes before where the output would otherwise start, dy a window after x: the

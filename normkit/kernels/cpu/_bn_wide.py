@@ -161,19 +161,29 @@ def wide_grad_input(dy, x, centre, k_dy, k_x, k_0, out, row_tile, col_tile, stre
 # "flat" streaming of a wide array with short rows (channels-last data: rows of C values): finding
 # the lines of each row costs more than streaming saves, so the array is walked as one run of
 # values, and each line reads its coefficients at its first column from vectors that repeat
-# periodically (one line longer than a row), whatever row boundary the line crosses.
+# periodically (one line longer than a row), whatever row boundary the line crosses. The output
+# may start anywhere in a line (normkit puts it where x starts in its line: see
+# batchnorm.output_line_offset); the values before its first line and after its last whole one
+# are written by scalar code.
 # ----------------------------------------------------------------------------------------------
 
 @helper
-def _flat_task(t, chunk, n_rows, n_cols, step):
-    """Task ``t`` of a flat pass: its whole lines are the flat values f0:stop, f0 is in column
-    ``col``, and rows tail_r0:tail_r1 hold the array's last values from ``stop`` on, less than a
-    line (chunks end on a line but the last; other tasks get an empty range)."""
-    n = n_rows * n_cols
-    f0 = t * chunk
-    f1 = min(f0 + chunk, n)
-    stop = f0 + (f1 - f0) // step * step
-    return f0, stop, f0 % n_cols, stop // n_cols, n_rows if stop < f1 else 0
+def _flat_task(t, chunk, head, n, step):
+    """Task ``t`` of a flat pass writes the flat values s:e, of which a:stop are whole lines of
+    the output (``head`` values precede its first line); s:a and stop:e, the values before the
+    first line (task 0) and after the last whole one (the last task), are left to scalar code."""
+    e = min(head + (t + 1) * chunk, n)
+    a = min(head + t * chunk, e)
+    stop = a + (e - a) // step * step
+    return (0 if t == 0 else a), a, stop, e
+
+
+@helper
+def _flat_head(out):
+    """Values of ``out`` before its first 64-byte line, at most its size (its address is a
+    multiple of its item size: the flat passes are only given such outputs)."""
+    head = (LINE_BYTES - out.ctypes.data % LINE_BYTES) % LINE_BYTES // out.itemsize
+    return min(head, out.size)
 
 
 @helper
@@ -185,41 +195,60 @@ def _next_column(col, step, n_cols):
     return col
 
 
+@helper
+def _affine_range(x, centre, scale, shift, out, lo, hi):
+    """Scalar out = (x - centre) * scale + shift over the flat values lo:hi."""
+    n_cols = x.shape[1]
+    for r in range(lo // n_cols, (hi + n_cols - 1) // n_cols):
+        c0 = max(lo - r * n_cols, 0)
+        c1 = min(hi - r * n_cols, n_cols)
+        affine_values(x[r, c0:c1], centre[c0:c1], scale[c0:c1], shift[c0:c1], out[r, c0:c1])
+
+
+@helper
+def _grad_input_range(dy, x, centre, k_dy, k_x, k_0, out, lo, hi):
+    """Scalar out = dy * k_dy + (x - centre) * k_x + k_0 over the flat values lo:hi."""
+    n_cols = x.shape[1]
+    for r in range(lo // n_cols, (hi + n_cols - 1) // n_cols):
+        c0 = max(lo - r * n_cols, 0)
+        c1 = min(hi - r * n_cols, n_cols)
+        grad_input_values(dy[r, c0:c1], x[r, c0:c1], centre[c0:c1], k_dy[c0:c1], k_x[c0:c1],
+                          k_0[c0:c1], out[r, c0:c1])
+
+
 @kernel
 def flat_affine(x, centre, scale, shift, out, chunk):
     """Streamed out = (x - centre) * scale + shift over C-contiguous (rows, cols) arrays; the
     coefficients are :func:`periodic`; ``chunk`` (values per task) is a multiple of a line."""
     x, centre, scale, shift, out = borrowed(x, centre, scale, shift, out)
-    n_rows, n_cols = x.shape
-    n = n_rows * n_cols
+    n = out.size
     step = LINE_BYTES // out.itemsize
-    for t in prange((n + chunk - 1) // chunk):
-        f0, stop, col, tail_r0, tail_r1 = _flat_task(t, chunk, n_rows, n_cols, step)
-        for f in range(f0, stop, step):
+    head = _flat_head(out)
+    for t in prange(max(1, (n - head + chunk - 1) // chunk)):
+        s, a, stop, e = _flat_task(t, chunk, head, n, step)
+        col = a % x.shape[1]
+        for f in range(a, stop, step):
             affine_lines(out, f, ((x, f), (centre, col), (scale, col), (shift, col)))
-            col = _next_column(col, step, n_cols)
+            col = _next_column(col, step, x.shape[1])
         end_streams()
-        for r in range(tail_r0, tail_r1):
-            c0 = max(stop - r * n_cols, 0)
-            affine_values(x[r, c0:], centre[c0:n_cols], scale[c0:n_cols], shift[c0:n_cols],
-                          out[r, c0:])
+        _affine_range(x, centre, scale, shift, out, s, a)
+        _affine_range(x, centre, scale, shift, out, stop, e)
 
 
 @kernel
 def flat_grad_input(dy, x, centre, k_dy, k_x, k_0, out, chunk):
     """Streamed out = dy * k_dy + (x - centre) * k_x + k_0, as :func:`flat_affine`."""
     dy, x, centre, k_dy, k_x, k_0, out = borrowed(dy, x, centre, k_dy, k_x, k_0, out)
-    n_rows, n_cols = x.shape
-    n = n_rows * n_cols
+    n = out.size
     step = LINE_BYTES // out.itemsize
-    for t in prange((n + chunk - 1) // chunk):
-        f0, stop, col, tail_r0, tail_r1 = _flat_task(t, chunk, n_rows, n_cols, step)
-        for f in range(f0, stop, step):
+    head = _flat_head(out)
+    for t in prange(max(1, (n - head + chunk - 1) // chunk)):
+        s, a, stop, e = _flat_task(t, chunk, head, n, step)
+        col = a % x.shape[1]
+        for f in range(a, stop, step):
             grad_input_lines(out, f, ((dy, f), (x, f), (centre, col), (k_dy, col), (k_x, col),
                                       (k_0, col)))
-            col = _next_column(col, step, n_cols)
+            col = _next_column(col, step, x.shape[1])
         end_streams()
-        for r in range(tail_r0, tail_r1):
-            c0 = max(stop - r * n_cols, 0)
-            grad_input_values(dy[r, c0:], x[r, c0:], centre[c0:n_cols], k_dy[c0:n_cols],
-                              k_x[c0:n_cols], k_0[c0:n_cols], out[r, c0:])
+        _grad_input_range(dy, x, centre, k_dy, k_x, k_0, out, s, a)
+        _grad_input_range(dy, x, centre, k_dy, k_x, k_0, out, stop, e)
