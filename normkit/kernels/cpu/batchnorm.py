@@ -116,9 +116,10 @@ def streams(x, out):
 
 
 def flat_input(x):
-    """Whether an elementwise pass over ``x`` (wide, or runs seen as wide) streams its output as
-    one flat run, given an output that allows it (:func:`flat_output`): an output large enough
-    to stream, rows too short to stream one by one, x C-contiguous (so a line may cross rows)."""
+    """Whether an elementwise pass over ``x`` (wide; or runs, for :func:`flat_runs_input`)
+    streams its output as one flat run, given an output that allows it (:func:`flat_output`):
+    an output large enough to stream, rows (runs) too short to stream one by one, x
+    C-contiguous (so a line may cross rows)."""
     return (worth_streaming(x) and x.shape[-1] * x.itemsize < STREAM_MIN_ROW_BYTES
             and x.flags.c_contiguous)
 
@@ -134,11 +135,12 @@ def flat_streams(x, out):
     return flat_input(x) and flat_output(out)
 
 
-# Short runs of a large output stream as the wide layout's short rows do, as one flat run: an
-# (outer, C, inner) array is a wide (outer, C * inner) one with ``inner`` columns per channel. Its
-# per-column coefficient vectors are C * inner long, so only up to this period (128 KiB of float32
-# each), where they stay in cache. Measured against the unstreamed short-runs kernels at periods
-# of 784-200704: 1.1-1.5x (affine), 1.1-1.4x (input gradient) on outputs of 25-51 MB.
+# Short runs of a large output stream as the wide layout's rows do: an (outer, C, inner) array is
+# a wide (outer, C * inner) one with ``inner`` columns per channel (one flat run where those rows
+# are short too, row by row otherwise). Its per-column coefficient vectors are C * inner long,
+# so only up to this period (128 KiB of float32 each), where they stay in cache. Measured against
+# the unstreamed short-runs kernels at periods of 784-200704: 1.1-1.5x (affine), 1.1-1.4x (input
+# gradient) on outputs of 25-51 MB.
 FLAT_RUNS_MAX_PERIOD = 32768
 
 
@@ -152,7 +154,7 @@ def flat_runs_input(x, *more):
 
 def flat_runs(x, out, *more):
     """Whether a runs-layout pass from ``x`` (and ``more``) into ``out`` is done on the wide
-    layout."""
+    layout (see :func:`flat_runs_input`)."""
     return flat_runs_input(x, *more) and flat_output(out)
 
 
