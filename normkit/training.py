@@ -221,9 +221,9 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
     # One forward of two samples of each input, in eval mode (which updates no running
     # statistics and draws no dropout), finds inputs the model cannot take and the shape of its
     # output (the number of classes, say) before anything trains.
-    output_shape = predict(model, X[:2]).shape[1:]  # of one sample
+    output_shape = _probe(model, X, "X")  # of one sample
     if validation is not None:
-        predict(model, validation[0][:2])
+        _probe(model, validation[0], "X_val")
     check_target = getattr(loss, "check_target", None)  # (custom loss objects may lack it)
     if check_target is not None:
         check_target(y, (len(y),) + output_shape)
@@ -306,6 +306,19 @@ def _forward(model, loss, xb, yb):
     dpred = loss.backward()
     acc = accuracy(pred, yb, loss)
     return pred, batch_loss, 0.0 if acc is None else acc * len(xb), dpred
+
+
+def _probe(model, X, name):
+    """The shape of the model's output for one sample of ``X``, from its first two samples in
+    eval mode; a model that cannot take them raises its error with ``X``'s own shape, not that
+    of the two samples."""
+    try:
+        return predict(model, X[:2]).shape[1:]
+    except (TypeError, ValueError) as exc:
+        if type(exc) not in (TypeError, ValueError):  # subclasses may take other arguments
+            raise
+        raise type(exc)(f"fit: the model cannot take {name} of shape {X.shape} "
+                        f"(tried its first samples): {exc}") from exc
 
 
 def _data_parallel_step(model, loss, xb, yb, share, comm, sync):

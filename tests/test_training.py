@@ -420,7 +420,9 @@ def test_the_gradient_check_finds_every_non_finite_value(rng, dtype, size):
     (dict(y=np.zeros((39, 1))), "fit: X has 40 samples but y has 39"),
     # found by a forward of two samples before training, not after the first epoch
     (dict(validation=(np.zeros((10, 5)), np.zeros((10, 1)))),
+     r"fit: the model cannot take X_val of shape \(10, 5\) \(tried its first samples\): "
      r"Linear: expected input with 4 features on the last axis, got shape \(2, 5\)"),
+    (dict(X=np.zeros(40)), r"fit: the model cannot take X of shape \(40,\)"),
     (dict(callbacks=[print, 1]), r"fit: callbacks\[1\] is not callable, got 1"),
     (dict(callbacks=print), r"fit: callbacks must be a list of callables, got a builtin_function"),
     (dict(nan_policy="omit"), r"fit: nan_policy must be one of \('raise', 'propagate'\), got 'omit'"),
