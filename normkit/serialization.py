@@ -1,6 +1,7 @@
 """Saving and loading model state (and an optimiser's, to resume training) as ``.npz`` files."""
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -57,7 +58,14 @@ def load_state(model, path, optimizer=None):
     if (isinstance(path, (str, os.PathLike)) and not os.path.exists(path)
             and not os.fspath(path).endswith(".npz")):
         path = os.fspath(path) + ".npz"  # what np.savez wrote
-    with np.load(path, allow_pickle=False) as data:
+    not_saved = f"load_state: {path!r} is not a file written by normkit.save (an .npz archive)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, zipfile.BadZipFile) as exc:  # (NumPy takes other files for pickles)
+        raise ValueError(f"{not_saved}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{not_saved}: it holds a single array")
+    with data:
         state = {k: data[k] for k in data.files}
     model_state = {k: v for k, v in state.items() if not k.startswith(OPTIMIZER_PREFIX)}
     if optimizer is None:

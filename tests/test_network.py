@@ -98,6 +98,21 @@ def test_save_load_round_trip_is_bit_identical(rng, tmp_path):
     np.testing.assert_array_equal(other(x), model(x))
 
 
+def test_load_state_refuses_files_save_did_not_write(tmp_path):
+    model = nk.seed_model(10, norm="batch")
+    before = model.state_dict()
+    (tmp_path / "text.npz").write_text("not an archive")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 a zip cut short")
+    for name, why in [("text.npz", "pickled"), ("one.npy", "it holds a single array"),
+                      ("cut.npz", "not a zip file")]:
+        with pytest.raises(ValueError, match=rf"load_state: '.*{name}' is not a file written by "
+                                             rf"normkit.save \(an .npz archive\): .*{why}"):
+            nk.load_state(model, str(tmp_path / name))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_seed_model_blocks():
     assert [type(layer).__name__ for layer in nk.seed_model(4, blocks=0)] == ["Linear", "Sigmoid"]
     assert len(nk.seed_model(4, 3, blocks=1, norm="layer")) == 5
