@@ -26,8 +26,17 @@ def manual_seed(seed):
         The new global generator.
     """
     global _generator
-    _generator = np.random.default_rng(seed)
+    _generator = generator_from(seed, "manual_seed")
     return _generator
+
+
+def generator_from(seed, op):
+    """``np.random.default_rng(seed)``, with an error naming ``op`` for a seed it refuses."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{op}: seed must be an int >= 0, a sequence of them or None, "
+                        f"got {seed!r}") from exc
 
 
 def generator():
@@ -40,7 +49,7 @@ def seeded(seed):
     """Temporarily replace the global generator by one seeded with ``seed``."""
     global _generator
     saved = _generator
-    _generator = np.random.default_rng(seed)
+    _generator = generator_from(seed, "seeded")
     try:
         yield _generator
     finally:

@@ -195,6 +195,7 @@ def fit(model, X, y, *, loss, optimizer, epochs, batch_size, validation=None, sh
         raise ValueError(f"fit: X has {len(X)} samples but y has {len(y)}")
     batch_size = _checks.int_at_least(batch_size, 2, "fit", "batch_size")  # BatchNorm needs 2
     epochs = _checks.int_at_least(epochs, 0, "fit", "epochs")
+    random.generator_from(seed, "fit")  # a seed NumPy refuses raises here, before any change
     if validation is not None:  # checked now rather than after the first epoch's training
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
             raise ValueError("fit: validation must be a pair (X_val, y_val)")

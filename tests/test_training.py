@@ -423,6 +423,8 @@ def test_the_gradient_check_finds_every_non_finite_value(rng, dtype, size):
      r"fit: the model cannot take X_val of shape \(10, 5\) \(tried its first samples\): "
      r"Linear: expected input with 4 features on the last axis, got shape \(2, 5\)"),
     (dict(X=np.zeros(40)), r"fit: the model cannot take X of shape \(40,\)"),
+    (dict(seed=-1), r"fit: seed must be an int >= 0, a sequence of them or None, got -1"),
+    (dict(seed="a"), r"fit: seed must be an int >= 0, a sequence of them or None, got 'a'"),
     (dict(callbacks=[print, 1]), r"fit: callbacks\[1\] is not callable, got 1"),
     (dict(callbacks=print), r"fit: callbacks must be a list of callables, got a builtin_function"),
     (dict(nan_policy="omit"), r"fit: nan_policy must be one of \('raise', 'propagate'\), got 'omit'"),
@@ -437,6 +439,13 @@ def test_fit_settings_and_data_are_checked_before_training(kwargs, message):
         nk.fit(model, args.pop("X"), args.pop("y"), **args)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_manual_seed_names_itself_for_a_seed_numpy_refuses():
+    for bad in (-1, 2.5, "a"):
+        with pytest.raises((TypeError, ValueError), match=r"manual_seed: seed must be an int >= 0"):
+            nk.manual_seed(bad)
+    assert nk.manual_seed(0).random() == np.random.default_rng(0).random()
 
 
 @pytest.mark.parametrize("opt_name,kwargs", [
