@@ -27,10 +27,12 @@ LAYOUTS = [
 
 def _stream_every_output(monkeypatch, on=True, row_bytes=256):
     """Streaming stores for every output (normally for >= 8 MiB), or for none. Rows and runs of at
-    least ``row_bytes`` (normally 1 KiB) stream row by row; shorter rows and runs as one flat run
-    (``flat_*`` kernels) where the arrays are C-contiguous."""
+    least ``row_bytes`` (normally 1 KiB) stream row by row, wherever x starts (normally rows up to
+    FLAT_MAX_ROW_BYTES of an x off a line boundary stream flat); shorter rows and runs as one flat
+    run (``flat_*`` kernels) where the arrays are C-contiguous."""
     monkeypatch.setattr(config, "STREAM_MIN_BYTES", 1 if on else 0)
     monkeypatch.setattr(bn_cpu, "STREAM_MIN_ROW_BYTES", row_bytes)
+    monkeypatch.setattr(bn_cpu, "FLAT_MAX_ROW_BYTES", 0)
 
 
 @pytest.fixture(params=["one-pass", "two-pass", "one-pass streamed", "two-pass streamed"])
@@ -389,14 +391,18 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     from normkit import _memory
     assert config.STREAM_MIN_BYTES == 8 << 20
 
-    def both(shape, dtype=np.float32):
-        return np.empty(shape, dtype), _memory.empty(shape, dtype)
+    def both(shape, dtype=np.float32, x_offset=0):  # x that far into a line
+        return _at_line_offset(np.empty(shape, dtype), x_offset), _memory.empty(shape, dtype)
     assert bn_cpu.streams(*both((32, 64, 3136)))
     assert bn_cpu.streams(*both((8192, 256), np.float64))  # 16 MiB, 2 KiB rows
     assert not bn_cpu.streams(*both((1024, 1024)))  # 4 MiB
     assert not bn_cpu.streams(*both((100352, 64)))  # channels-last: rows of 256 bytes...
     assert bn_cpu.flat_streams(*both((100352, 64)))  # ...so one flat run
     assert not bn_cpu.flat_streams(*both((8192, 256), np.float64))
+    # x off a line boundary: rows up to FLAT_MAX_ROW_BYTES stream flat too, longer ones not
+    assert bn_cpu.flat_streams(*both((8192, 256), np.float64, x_offset=16))  # 2 KiB rows
+    assert bn_cpu.flat_streams(*both((2048, 2048), x_offset=48))  # 8 KiB rows
+    assert not bn_cpu.flat_streams(*both((1024, 4096), x_offset=16))
     assert not bn_cpu.flat_streams(*both((100352, 8)))  # 3 MiB
     x, out = both((100352, 64))
     assert not bn_cpu.flat_streams(x[:, ::2], out[:, ::2])
@@ -412,8 +418,11 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     assert bn_cpu.output_line_offset(x) == bn_cpu.output_line_offset(x, x) == 16
     assert bn_cpu.output_line_offset(x, x[:, ::-1]) == 0  # a strided dy: no flat run
     assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((32, 64, 3136), np.float32), 16)) == 0
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 48)) == 0
+    # runs as wide rows of 3136 bytes: row by row from a line, flat from elsewhere
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 48)) == 48
     assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((65536, 4, 9), np.float32), 48)) == 48
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 0)) == 0
+    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((32768, 512), np.float32), 32)) == 32
     unaligned = np.frombuffer(np.zeros(100352 * 64 * 4 + 1, np.uint8)[1:], np.float32)
     assert bn_cpu.output_line_offset(unaligned.reshape(100352, 64)) == 0
 

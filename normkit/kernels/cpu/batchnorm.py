@@ -115,13 +115,27 @@ def streams(x, out):
     return worth_streaming(out) and x.shape[-1] * x.itemsize >= STREAM_MIN_ROW_BYTES
 
 
+# Wide arrays whose rows are this long or shorter stream flat too when x does not start on a
+# line (NumPy's large arrays start 16, 32 or 48 bytes into one three times in four): streamed
+# row by row from such an x, the eval pass's time depended on where the output landed modulo
+# 4 KiB, 0.9-3.3 ms on (32768, 512) float32, 1.0-2.6 on (16384, 1024), 1.0-1.8 on (8192, 2048)
+# (session 19, AMD EPYC, every 128 bytes of placement timed), while the flat pass, its output
+# placed like x (output_line_offset), took 1.1-1.4, 1.0-1.3 and 1.0-1.3 ms whatever the placement
+# (and 0.97-1.02 against 1.07-1.19 on (65536, 256)). Rows of 16 KiB stream better row by row
+# ((4096, 4096): 1.2-1.3 ms against 1.5 flat); with x on a line, so do rows from 1 KiB.
+FLAT_MAX_ROW_BYTES = 8192
+
+
 def flat_input(x):
     """Whether an elementwise pass over ``x`` (wide; or runs, for :func:`flat_runs_input`)
     streams its output as one flat run, given an output that allows it (:func:`flat_output`):
-    an output large enough to stream, rows (runs) too short to stream one by one, x
-    C-contiguous (so a line may cross rows)."""
-    return (worth_streaming(x) and x.shape[-1] * x.itemsize < STREAM_MIN_ROW_BYTES
-            and x.flags.c_contiguous)
+    an output large enough to stream, rows (runs) too short to stream one by one (for a wide x
+    off a line boundary, see FLAT_MAX_ROW_BYTES), x C-contiguous (so a line may cross rows)."""
+    if not (worth_streaming(x) and x.flags.c_contiguous):
+        return False
+    row_bytes = x.shape[-1] * x.itemsize
+    return row_bytes < STREAM_MIN_ROW_BYTES or (
+        x.ndim == 2 and row_bytes <= FLAT_MAX_ROW_BYTES and x.ctypes.data % LINE_BYTES != 0)
 
 
 def flat_output(out):
