@@ -180,11 +180,12 @@ def output_line_offset(x, *more):
 
     Why: each line of a flat run is computed from the values of x at the same offset, whose
     loads straddle two lines when x and the output start at different places in their lines.
-    NumPy puts large arrays 16 bytes past a page boundary; there, with line-aligned outputs, the
-    flat eval pass measured 1.4x slower on (100352, 64) float32 and 2x on (262144, 32) than with
-    a line-aligned x (session 19, AMD EPYC). Rows streamed one by one want line-aligned outputs
-    instead: an output offset like x's gives each row a scalar head and tail (measured 1.3x
-    slower on (65536, 256) and (32768, 512) float32)."""
+    NumPy's large arrays start 16, 32 or 48 bytes into a line three times in four (16 past a
+    page boundary when mmap'd); 16 bytes in, with line-aligned outputs, the flat eval pass
+    measured 1.4x slower on (100352, 64) float32 and 2x on (262144, 32) than with a line-aligned
+    x (session 19, AMD EPYC). Rows streamed one by one want line-aligned outputs instead: an
+    output offset like x's gives each row a scalar head and tail (measured 1.3x slower on
+    (65536, 256) and (32768, 512) float32)."""
     if x.ndim == 3:
         if not flat_runs_input(x, *more):
             return 0
