@@ -397,22 +397,32 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     assert bn_cpu.streams(*both((8192, 256), np.float64))  # 16 MiB, 2 KiB rows
     assert not bn_cpu.streams(*both((1024, 1024)))  # 4 MiB
     assert not bn_cpu.streams(*both((100352, 64)))  # channels-last: rows of 256 bytes...
-    assert bn_cpu.flat_streams(*both((100352, 64)))  # ...so one flat run
-    assert not bn_cpu.flat_streams(*both((8192, 256), np.float64))
+
+    def plan(x, out, *more):
+        p = bn_cpu.elementwise_plan(x, *more, out=out)
+        return ("wide " if p.as_wide else "") + ("flat" if p.flat else "rows")
+    assert plan(*both((100352, 64))) == "flat"  # ...so one flat run
+    assert plan(*both((8192, 256), np.float64)) == "rows"
     # x off a line boundary: rows up to FLAT_MAX_ROW_BYTES stream flat too, longer ones not
-    assert bn_cpu.flat_streams(*both((8192, 256), np.float64, x_offset=16))  # 2 KiB rows
-    assert bn_cpu.flat_streams(*both((2048, 2048), x_offset=48))  # 8 KiB rows
-    assert not bn_cpu.flat_streams(*both((1024, 4096), x_offset=16))
-    assert not bn_cpu.flat_streams(*both((100352, 8)))  # 3 MiB
+    assert plan(*both((8192, 256), np.float64, x_offset=16)) == "flat"  # 2 KiB rows
+    assert plan(*both((2048, 2048), x_offset=48)) == "flat"  # 8 KiB rows
+    assert plan(*both((1024, 4096), x_offset=16)) == "rows"
+    assert plan(*both((100352, 8))) == "rows"  # 3 MiB
     x, out = both((100352, 64))
-    assert not bn_cpu.flat_streams(x[:, ::2], out[:, ::2])
-    # Runs: short ones of a large output stream flat, as wide rows of C * inner values.
-    assert bn_cpu.flat_runs(*both((8192, 16, 49)))  # 25 MiB, runs of 196 bytes
-    assert not bn_cpu.flat_runs(*both((32, 64, 3136)))  # long runs: run by run
-    assert not bn_cpu.flat_runs(*both((64, 1024, 196)))  # a period beyond FLAT_RUNS_MAX_PERIOD
-    assert not bn_cpu.flat_runs(*both((256, 16, 49)))  # 0.8 MiB: nothing streams
-    x, out = both((8192, 16, 49))
-    assert not bn_cpu.flat_runs(x, out, x[:, :, ::-1])  # a strided dy
+    assert plan(x[:, ::2], out[:, ::2]) == "rows"
+    assert plan(x, out, x[:, ::-1]) == "rows"  # a strided dy
+    misplaced = np.frombuffer(np.zeros(out.nbytes + 1, np.uint8)[1:], np.float32)
+    assert plan(x, misplaced.reshape(out.shape)) == "rows"  # an output not at a multiple of 4
+    # Runs: short ones of a large output stream as wide rows of C * inner values, those rows
+    # as one flat run where the wide layout would (x off a line: up to FLAT_MAX_ROW_BYTES).
+    assert plan(*both((8192, 16, 49))) == "wide rows"  # 25 MiB, runs of 196 bytes
+    assert plan(*both((8192, 16, 49), x_offset=16)) == "wide flat"  # rows of 3136 bytes
+    assert plan(*both((65536, 4, 9))) == "wide flat"  # rows of 144 bytes
+    assert plan(*both((32, 64, 3136))) == "rows"  # long runs: run by run
+    assert plan(*both((64, 1024, 196))) == "rows"  # a period beyond FLAT_RUNS_MAX_PERIOD
+    assert plan(*both((256, 16, 49))) == "rows"  # 0.8 MiB: nothing streams
+    x, out = both((65536, 4, 9))
+    assert plan(x, out, x[:, :, ::-1]) == "rows"  # a strided dy
     # Outputs of flat runs start where their input does in its line; others on a line.
     x = _at_line_offset(np.zeros((100352, 64), np.float32), 16)  # as NumPy places large arrays
     assert bn_cpu.output_line_offset(x) == bn_cpu.output_line_offset(x, x) == 16

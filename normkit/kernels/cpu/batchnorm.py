@@ -16,7 +16,11 @@ The dispatcher hands over one of two layouts, both with the channel as a fixed a
 * "runs": a 3D array (outer, C, inner) whose inner runs are long and contiguous (NCHW images).
   Runs of tens to hundreds of values (small images) have kernels of their own, ``short_runs_*``,
   where the per-run work of the general ones cost as much as the arithmetic; when their output
-  streams, they are passed to the wide layout's flat kernels as (outer, C * inner).
+  streams, they are passed to the wide layout's kernels as (outer, C * inner).
+
+Which kernels an elementwise pass takes (flat, row by row, runs) is decided in one place,
+:func:`elementwise_plan`, since where its output is allocated depends on it too
+(:func:`output_line_offset`).
 
 Statistics are accumulated in float64 in one pass, as sums of (x - K) and (x - K)^2 where the
 shift K is a value of the data itself (the channel's first value). Why this is exact enough: the
@@ -31,6 +35,7 @@ output's dtype with the mean split in two (see ``_bn_coefficients.py``).
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,7 +53,7 @@ from ._streaming import LINE_BYTES, worth_streaming
 
 __all__ = ["RUN_MIN", "batch_stats", "forward_coefficients", "affine", "grad_sums",
            "backward_coefficients", "grad_input", "combine_moments", "one_pass_band",
-           "one_pass_forward", "one_pass_backward", "output_line_offset"]
+           "one_pass_forward", "one_pass_backward", "elementwise_plan", "output_line_offset"]
 
 # Tiles of the partial-sum passes: one tile is one parallel task and one row of partial sums,
 # COL_TILE columns wide (its partials stay in L1; measured best) and big enough that each of the
@@ -127,10 +132,10 @@ FLAT_MAX_ROW_BYTES = 8192
 
 
 def flat_input(x):
-    """Whether an elementwise pass over ``x`` (wide; or runs, for :func:`flat_runs_input`)
-    streams its output as one flat run, given an output that allows it (:func:`flat_output`):
-    an output large enough to stream, rows (runs) too short to stream one by one (for a wide x
-    off a line boundary, see FLAT_MAX_ROW_BYTES), x C-contiguous (so a line may cross rows)."""
+    """Whether an elementwise pass over the wide ``x`` could write its output as one flat run
+    (see :func:`elementwise_plan`): an output large enough to stream, rows too short to stream
+    one by one (or, for an x off a line boundary, up to FLAT_MAX_ROW_BYTES), x C-contiguous (so
+    a line may cross rows). On a runs-layout ``x`` it asks the same of its inner runs."""
     if not (worth_streaming(x) and x.flags.c_contiguous):
         return False
     row_bytes = x.shape[-1] * x.itemsize
@@ -144,11 +149,6 @@ def flat_output(out):
     return out.flags.c_contiguous and out.ctypes.data % out.itemsize == 0
 
 
-def flat_streams(x, out):
-    """Whether a wide elementwise pass from ``x`` streams ``out`` as one flat run."""
-    return flat_input(x) and flat_output(out)
-
-
 # Short runs of a large output stream as the wide layout's rows do: an (outer, C, inner) array is
 # a wide (outer, C * inner) one with ``inner`` columns per channel (one flat run where those rows
 # are short too, row by row otherwise). Its per-column coefficient vectors are C * inner long,
@@ -158,25 +158,35 @@ def flat_streams(x, out):
 FLAT_RUNS_MAX_PERIOD = 32768
 
 
-def flat_runs_input(x, *more):
-    """Whether a runs-layout pass over ``x`` (and the inputs in ``more``, which must be
-    C-contiguous too) is done on the wide layout (see FLAT_RUNS_MAX_PERIOD), given an output
-    that allows it (:func:`flat_output`)."""
-    return (x.shape[1] * x.shape[2] <= FLAT_RUNS_MAX_PERIOD and flat_input(x)
-            and all(a.flags.c_contiguous for a in more))
+class ElementwisePlan(NamedTuple):
+    """How an elementwise pass (:func:`affine`, :func:`grad_input`) runs (see
+    :func:`elementwise_plan`)."""
+
+    as_wide: bool  # a runs-layout pass is done on the wide layout (see FLAT_RUNS_MAX_PERIOD)
+    flat: bool     # the output is written as one flat run (flat_affine, flat_grad_input)
 
 
-def flat_runs(x, out, *more):
-    """Whether a runs-layout pass from ``x`` (and ``more``) into ``out`` is done on the wide
-    layout (see :func:`flat_runs_input`)."""
-    return flat_runs_input(x, *more) and flat_output(out)
+def elementwise_plan(x, *more, out=None):
+    """How the elementwise pass over ``x`` (wide or runs layout; ``more``: its other inputs, such
+    as dy, which must be C-contiguous for either choice) runs. ``out``: its output, which must
+    allow a flat run (:func:`flat_output`); None before it is allocated, for
+    :func:`output_line_offset`, which places it. The one place the choice is made, so that the
+    output is placed for the kernels that write it."""
+    no = ElementwisePlan(as_wide=False, flat=False)
+    if (out is not None and not flat_output(out)) or not all(a.flags.c_contiguous for a in more):
+        return no
+    if x.ndim == 2:
+        return ElementwisePlan(as_wide=False, flat=flat_input(x))
+    if x.shape[1] * x.shape[2] > FLAT_RUNS_MAX_PERIOD or not flat_input(x):
+        return no
+    return ElementwisePlan(as_wide=True, flat=flat_input(_as_wide(x)))
 
 
 def output_line_offset(x, *more):
     """Where in its 64-byte line the output of an elementwise pass over ``x`` (wide or runs
     layout; ``more``: its other inputs, such as dy) should start, in bytes: where ``x`` starts in
-    its line when the pass writes one flat run (:func:`flat_affine`, :func:`flat_grad_input`),
-    0 (a line boundary) otherwise.
+    its line when the pass writes one flat run (:func:`elementwise_plan`), 0 (a line boundary)
+    otherwise.
 
     Why: each line of a flat run is computed from the values of x at the same offset, whose
     loads straddle two lines when x and the output start at different places in their lines.
@@ -186,11 +196,7 @@ def output_line_offset(x, *more):
     x (session 19, AMD EPYC). Rows streamed one by one want line-aligned outputs instead: an
     output offset like x's gives each row a scalar head and tail (measured 1.3x slower on
     (65536, 256) and (32768, 512) float32)."""
-    if x.ndim == 3:
-        if not flat_runs_input(x, *more):
-            return 0
-        x = _as_wide(x)
-    if not (flat_input(x) and all(a.flags.c_contiguous for a in more)):
+    if not elementwise_plan(x, *more).flat:
         return 0
     offset = x.ctypes.data % LINE_BYTES
     return offset if offset % x.itemsize == 0 else 0
@@ -290,25 +296,25 @@ def batch_stats(x, group):
 def affine(x, coefficients, out):
     """out = (x - centre) * scale + shift with the :func:`forward_coefficients` (given the
     layout's ``group``: per column of a wide ``x``, per channel of a runs one)."""
-    centre, scale, shift = coefficients
-    if x.ndim == 3 and flat_runs(x, out):
-        centre, scale, shift = (_expand(v, x.shape[2]) for v in coefficients)
+    plan = elementwise_plan(x, out=out)
+    if plan.as_wide:
+        coefficients = [_expand(v, x.shape[2]) for v in coefficients]
         x, out = _as_wide(x), _as_wide(out)
-    if x.ndim == 2 and not flat_streams(x, out):
-        (x, out), (centre, scale, shift) = fold_wide((x, out), (centre, scale, shift))
+    if plan.flat:
+        flat_affine(x, *(periodic(v, x.shape[1], x.itemsize) for v in coefficients), out,
+                    ELEMENTWISE_TILE_ELEMENTS, work=x.size)
+        return
+    if x.ndim == 2:
+        (x, out), coefficients = fold_wide((x, out), coefficients)
     stream = streams(x, out)
-    if x.ndim == 2 and flat_streams(x, out):
-        flat_affine(x, *(periodic(v, x.shape[1], x.itemsize) for v in (centre, scale, shift)),
-                    out, ELEMENTWISE_TILE_ELEMENTS, work=x.size)
-    elif x.ndim == 2:
-        wide_affine(x, centre, scale, shift, out, *elementwise_tile(x.shape[1], stream), stream,
+    if x.ndim == 2:
+        wide_affine(x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                     work=x.size)
     elif short_runs(stream, x, out):
-        short_runs_affine(x, centre, scale, shift, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
+        short_runs_affine(x, *coefficients, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
                           work=x.size)
     else:
-        runs_affine(x, centre, scale, shift, out, *elementwise_runs(x.shape[2]), stream,
-                    work=x.size)
+        runs_affine(x, *coefficients, out, *elementwise_runs(x.shape[2]), stream, work=x.size)
 
 
 def grad_sums(dy, x, mean, group):
@@ -328,24 +334,26 @@ def grad_sums(dy, x, mean, group):
 def grad_input(dy, x, coefficients, out):
     """dx = dy * k_dy + (x - centre) * k_x + k_0 with the :func:`backward_coefficients` (given
     the layout's ``group``: per column of a wide ``x``, per channel of a runs one)."""
-    cols = list(coefficients)
-    if x.ndim == 3 and flat_runs(x, out, dy):
-        cols = [_expand(v, x.shape[2]) for v in coefficients]
+    plan = elementwise_plan(x, dy, out=out)
+    if plan.as_wide:
+        coefficients = [_expand(v, x.shape[2]) for v in coefficients]
         dy, x, out = _as_wide(dy), _as_wide(x), _as_wide(out)
-    if x.ndim == 2 and not flat_streams(x, out):
-        (dy, x, out), cols = fold_wide((dy, x, out), cols)
-    stream = streams(x, out)
-    if x.ndim == 2 and flat_streams(x, out) and dy.flags.c_contiguous:
-        flat_grad_input(dy, x, *(periodic(v, x.shape[1], x.itemsize) for v in cols), out,
+    if plan.flat:
+        flat_grad_input(dy, x, *(periodic(v, x.shape[1], x.itemsize) for v in coefficients), out,
                         ELEMENTWISE_TILE_ELEMENTS, work=x.size)
-    elif x.ndim == 2:
-        wide_grad_input(dy, x, *cols, out, *elementwise_tile(x.shape[1], stream), stream,
+        return
+    if x.ndim == 2:
+        (dy, x, out), coefficients = fold_wide((dy, x, out), coefficients)
+    stream = streams(x, out)
+    if x.ndim == 2:
+        wide_grad_input(dy, x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                         work=x.size)
     elif short_runs(stream, dy, x, out):
-        short_runs_grad_input(dy, x, *cols, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
+        short_runs_grad_input(dy, x, *coefficients, out, SHORT_RUN_TASK_ELEMENTS // x.shape[2],
                               work=x.size)
     else:
-        runs_grad_input(dy, x, *cols, out, *elementwise_runs(x.shape[2]), stream, work=x.size)
+        runs_grad_input(dy, x, *coefficients, out, *elementwise_runs(x.shape[2]), stream,
+                        work=x.size)
 
 
 # ----------------------------------------------------------------------------------------------
