@@ -387,6 +387,36 @@ def test_flat_runs_start_where_their_input_does_and_match_unstreamed(rng, monkey
                 np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis, offset)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_passes_read_vectors_placed_like_their_output(rng, monkeypatch, dtype):
+    """The per-column vectors a streamed pass reads line by line beside its output start where
+    the output does in its line (line_placed), flat (x 16 or 48 bytes into a line, rows of 5)
+    or row by row (rows of 517 and 64); unstreamed passes take them as they come."""
+    monkeypatch.setattr(config, "ONE_PASS_BYTES", 0)
+    calls = []
+    for name in ("flat_affine", "flat_grad_input", "wide_affine", "wide_grad_input"):
+        def recorded(*args, _kernel=getattr(bn_cpu, name), _name=name, **kwargs):
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            calls.append((_name, arrays[-1], [a for a in arrays[:-1] if a.ndim == 1]))
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(bn_cpu, name, recorded)
+    for shape, offset, streamed in [((517, 5), 16, True), ((300, 517), 0, True),
+                                    ((300, 64), 48, True), ((300, 517), 0, False)]:
+        _stream_every_output(monkeypatch, on=streamed, row_bytes=256)
+        c = shape[1]
+        x = _at_line_offset(rng.standard_normal(shape).astype(dtype), offset)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        calls.clear()
+        y, saved = F.batch_norm(x, rm, rv, rng.standard_normal(c).astype(dtype), None,
+                                training=True)
+        F.batch_norm_backward(rng.standard_normal(shape).astype(dtype), saved)
+        assert [name.split("_")[0] for name, _, _ in calls] == ["flat" if c == 5 else "wide"] * 2
+        for name, out, vectors in calls:
+            assert len(vectors) == (3 if name.endswith("affine") else 4)
+            if streamed:
+                assert {v.ctypes.data % 64 for v in vectors} == {out.ctypes.data % 64}, name
+
+
 def test_only_large_outputs_stream_and_short_rows_flat():
     from normkit import _memory
     assert config.STREAM_MIN_BYTES == 8 << 20
