@@ -12,7 +12,8 @@ rows whose length is a multiple of 64 bytes are whole cache lines, which the CPU
 with streaming stores and no scalar head or tail (see ``kernels/cpu/_streaming.py``); or, where
 the caller asks (``line_offset``), as far into one as its input is, so that an output written as
 one flat run of lines reads its input by whole lines too (see ``output_line_offset`` in
-``kernels/cpu/batchnorm.py``).
+``kernels/cpu/batchnorm.py``). Small vectors read beside an output line by line are copied to
+start where it does in its line (:func:`line_placed`).
 
 Outputs also keep clear of their inputs modulo 1 MiB (``apart_from``). Measured on the
 development machine: when an output starts up to about three cache lines after an input's address
@@ -158,6 +159,22 @@ def empty(shape, dtype, apart_from=(), *, line_offset=0, cache_min_bytes=None):
     owner = _Owner(buffer, nbytes, address)
     weakref.finalize(owner, _give_back, buffer)
     return np.asarray(owner).view(dtype).reshape(shape)
+
+
+def line_placed(values, line_offset, dtype=None):
+    """A copy of the small array ``values`` (in ``dtype``, default its own) that starts
+    ``line_offset`` bytes past a 64-byte boundary (rounded down to a multiple of the item size).
+
+    For the per-column vectors (coefficients, weight, bias) that a kernel reads beside an
+    output, a line of output at a time: placed where the output starts in its line, each line
+    of output reads whole lines of them, instead of loads that straddle two lines wherever NumPy
+    happened to put them. Measured on the AMD EPYC (session 20), float64 on 16-64 MB: BatchNorm's
+    streamed eval pass 1.1-1.3x and its input gradient 1.05-1.2x, LayerNorm forward 1.05-1.2x
+    and backward 1.0-1.05x; float32: BatchNorm's flat passes 1.0-1.2x, LayerNorm about 1.0x."""
+    dtype = np.dtype(values.dtype if dtype is None else dtype)
+    out = empty(values.shape, dtype, line_offset=line_offset - line_offset % dtype.itemsize)
+    out[...] = values
+    return out
 
 
 # Work arrays of this size and more come from the cache of freed buffers. Allocated afresh on

@@ -150,3 +150,42 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
                 normkit.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         for got, want in zip(*results):
             assert np.array_equal(got, want), shape
+
+
+def _at_line_offset(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    block = np.empty(a.nbytes + 128, np.uint8)
+    start = (offset - block.ctypes.data) % 64
+    out = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_passes_read_weight_and_bias_placed_like_their_output(rng, monkeypatch, dtype):
+    """From PLACED_VECTORS_MIN_BYTES, the kernels read weight and bias from copies that start
+    where the output does in its line (_memory.line_placed); below, as given. Same results."""
+    from normkit.kernels.cpu import layernorm as ln_cpu
+    seen = []
+    # where each kernel takes its output and the vectors read beside it
+    positions = {"_forward": (4, (1, 2)), "_backward": (5, (4,))}
+    for name, (out_at, vectors_at) in positions.items():
+        def recorded(*args, _kernel=getattr(ln_cpu, name), _out=out_at, _vectors=vectors_at,
+                     **kwargs):
+            seen.append(([args[i].ctypes.data % 64 for i in _vectors], args[_out].ctypes.data % 64))
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(ln_cpu, name, recorded)
+    x = rng.standard_normal((64, 100)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = (_at_line_offset(rng.standard_normal(100), 16) for _ in range(2))
+    results = []
+    for min_bytes in (1 << 40, 0):
+        monkeypatch.setattr(ln_cpu, "PLACED_VECTORS_MIN_BYTES", min_bytes)
+        y, dx = (_at_line_offset(np.empty_like(x), 32) for _ in range(2))
+        mean, rstd = ln_cpu.forward(x, w, b, 1e-5, y)
+        results.append((y, dx, *ln_cpu.backward(dy, x, mean, rstd, w, dx)))
+    if dtype == np.float64:  # (float32 copies of the forward's vectors go where NumPy puts them)
+        assert seen[0] == ([16, 16], 32)
+    assert seen[1:] == [([16], 32), ([32, 32], 32), ([32], 32)]
+    for plain, placed in zip(*results):
+        np.testing.assert_array_equal(placed, plain)

@@ -225,3 +225,16 @@ def test_layer_norm_backward_partials_are_reused(rng):
     _, ref_saved = R.layer_norm(x, 8192, w, None)
     assert_close(second[1], R.layer_norm_backward(dy, ref_saved)[1], np.float32, scale=16)
     normkit.empty_cache()
+
+
+def test_line_placed_copies_start_at_the_offset_asked_for(rng):
+    values = rng.standard_normal(37)
+    for offset in range(0, 64, 8):
+        placed = _memory.line_placed(values, offset)
+        assert placed.ctypes.data % 64 == offset and placed.dtype == np.float64
+        np.testing.assert_array_equal(placed, values)
+        assert not np.shares_memory(placed, values)
+    as_float32 = _memory.line_placed(values, 20, np.float32)  # 20: rounded down to a multiple of 4
+    assert as_float32.ctypes.data % 64 == 20 and as_float32.dtype == np.float32
+    np.testing.assert_array_equal(as_float32, values.astype(np.float32))
+    assert _memory.line_placed(values, 20).ctypes.data % 64 == 16  # ... and of 8

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ... import config
+from ..._memory import line_placed
 from ._bn_coefficients import (NONE, backward_coefficients, channel_total_pair, combine_moments,
                                forward_coefficients, moments_from_partials)
 from ._bn_one_pass import (runs_one_pass_backward, runs_one_pass_forward, wide_one_pass_backward,
@@ -260,27 +261,9 @@ def repeated(v, k):
     return out.reshape(-1)
 
 
-def line_placed(values, line_offset):
-    """A copy of the vector ``values`` that starts ``line_offset`` bytes past a 64-byte boundary.
-
-    Why: a streamed pass reads its per-column vectors beside x line by line, a line of output
-    at a time; vectors that start where the output does in its line are read by whole lines,
-    others (NumPy puts small arrays anywhere in a line) by loads that straddle two. Measured
-    (session 20, AMD EPYC), eval / backward with vectors placed against as NumPy put them:
-    (4096, 4096) streamed row by row 3.9 / 10.0 ms against 4.2-4.7 / 11.5-12.4 (float64),
-    1.25 / 5.6 against 1.5 / 5.8-6.4 (float32); (65536, 256) flat 2.3 / 6.8-7.1 against
-    2.9 / 7.6-8.1 (float64); (100352, 64) flat 0.71 / 2.5-2.7 against 0.90 / 3.0-3.4 (float64).
-    Unstreamed passes: no difference measured."""
-    block = np.empty(values.nbytes + LINE_BYTES, np.uint8)
-    start = (line_offset - block.ctypes.data) % LINE_BYTES
-    placed = block[start:start + values.nbytes].view(values.dtype)
-    placed[:] = values
-    return placed
-
-
 def periodic(per_column, n_cols, line_offset):
     """``per_column`` repeated to one line beyond a row (entry k is column k % n_cols), placed
-    ``line_offset`` bytes into a line (see :func:`line_placed`)."""
+    ``line_offset`` bytes into a line (see ``_memory.line_placed``)."""
     values = np.resize(per_column, n_cols + LINE_BYTES // per_column.itemsize)
     return line_placed(values, line_offset)
 
@@ -329,7 +312,7 @@ def affine(x, coefficients, out):
         (x, out), coefficients = fold_wide((x, out), coefficients)
     stream = streams(x, out)
     if x.ndim == 2:
-        if stream:
+        if stream:  # read a line at a time beside the output (unstreamed: no gain measured)
             coefficients = [line_placed(v, line_offset) for v in coefficients]
         wide_affine(x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                     work=x.size)
@@ -370,7 +353,7 @@ def grad_input(dy, x, coefficients, out):
         (dy, x, out), coefficients = fold_wide((dy, x, out), coefficients)
     stream = streams(x, out)
     if x.ndim == 2:
-        if stream:
+        if stream:  # read a line at a time beside the output (unstreamed: no gain measured)
             coefficients = [line_placed(v, line_offset) for v in coefficients]
         wide_grad_input(dy, x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                         work=x.size)
