@@ -3,7 +3,8 @@
 import numpy as np
 from scipy.special import expit
 
-from .. import _checks, random
+from .. import _checks, _memory, random
+from ..kernels.cpu import dropout as _dropout_cpu
 from .module import Module, Parameter
 
 
@@ -111,31 +112,41 @@ class Dropout(Module):
     p : float
         Probability of zeroing a value, in [0, 1].
     rng : numpy.random.Generator, optional
-        Draws the masks; normkit's global generator (which :func:`normkit.fit` seeds from its
+        Keys the masks; normkit's global generator (which :func:`normkit.fit` seeds from its
         ``seed``) if None.
+
+    Notes
+    -----
+    Each forward call takes one draw of ``rng`` as the key of its mask, and the mask is drawn from
+    that key by a counter-based generator (SplitMix64; see ``kernels/cpu/dropout.py``) in the same
+    parallel loop that applies it: seeding ``rng`` reproduces the masks, whatever the thread
+    count, and the backward pass draws the same mask again instead of keeping it.
     """
 
     def __init__(self, p=0.5, *, rng=None):
         super().__init__()
         self.p = _checks.real_in(p, 0.0, 1.0, "Dropout", "p")
         self.rng = rng
-        self._scale = self._input = None  # (shape, dtype) of the last input
+        self._mask = self._input = None  # (key, p) of the last mask; (shape, dtype) of the input
 
     def forward(self, x):
         x = _checks.float_array(x, "Dropout")
         self._input = x.shape, x.dtype
         if not self.training or self.p == 0.0:
-            self._scale = None
+            self._mask = None
             return x
         rng = random.generator() if self.rng is None else self.rng
-        keep = rng.random(np.shape(x)) >= self.p
-        factor = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        self._scale = keep * np.asarray(factor, dtype=np.asarray(x).dtype)
-        return x * self._scale
+        self._mask = int(rng.integers(0, 2 ** 64, dtype=np.uint64)), self.p
+        return self._apply_mask(x)
 
     def backward(self, dy):
         dy = self._upstream(dy, *self._need_forward(self._input))
-        return dy if self._scale is None else dy * self._scale
+        return dy if self._mask is None else self._apply_mask(dy)
+
+    def _apply_mask(self, a):
+        key, p = self._mask
+        out = _memory.empty(a.shape, a.dtype, apart_from=(a,))
+        return _dropout_cpu.dropout(np.ascontiguousarray(a), key, p, out)
 
     def extra_repr(self):
         return f"p={self.p}"
