@@ -44,6 +44,15 @@ def assert_close(actual, expected, dtype, scale=1.0, what=""):
                                rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=what)
 
 
+def at_line_offset(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    block = np.empty(a.nbytes + 128, np.uint8)
+    start = (offset - block.ctypes.data) % 64
+    out = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def pytest_terminal_summary(terminalreporter):
     # Shown also under -q, so that a failure seen in CI can be replayed.
     terminalreporter.write_line(f"normkit test seed: NORMKIT_TEST_SEED={SESSION_SEED}")

@@ -8,7 +8,7 @@ from normkit import functional as F
 from normkit import reference as R
 from normkit.kernels.cpu import batchnorm as bn_cpu
 
-from .conftest import assert_close
+from .conftest import assert_close, at_line_offset
 from .gradcheck import check_batch_norm_gradients
 
 DTYPES = [np.float32, np.float64]
@@ -344,15 +344,6 @@ def test_streamed_outputs_are_bit_identical(rng, monkeypatch, dtype, one_pass, r
             np.testing.assert_array_equal(streamed, plain, err_msg=str((shape, axis)))
 
 
-def _at_line_offset(a, offset):
-    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
-    block = np.empty(a.nbytes + 128, np.uint8)
-    start = (offset - block.ctypes.data) % 64
-    out = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_flat_runs_start_where_their_input_does_and_match_unstreamed(rng, monkeypatch, dtype):
     """A flat pass's output starts as far into a line as x does (output_line_offset), so its
@@ -370,8 +361,8 @@ def test_flat_runs_start_where_their_input_does_and_match_unstreamed(rng, monkey
         x0 = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
         dy0 = rng.standard_normal(shape).astype(dtype)
         for offset in range(0, 64, itemsize):
-            x = _at_line_offset(x0, offset)
-            dy = _at_line_offset(dy0, (offset + 24) % 64)  # another offset than x's
+            x = at_line_offset(x0, offset)
+            dy = at_line_offset(dy0, (offset + 24) % 64)  # another offset than x's
             results = []
             for streamed in (False, True):
                 _stream_every_output(monkeypatch, on=streamed, row_bytes=1 << 30)  # all flat
@@ -404,7 +395,7 @@ def test_streamed_passes_read_vectors_placed_like_their_output(rng, monkeypatch,
                                     ((300, 64), 48, True), ((300, 517), 0, False)]:
         _stream_every_output(monkeypatch, on=streamed, row_bytes=256)
         c = shape[1]
-        x = _at_line_offset(rng.standard_normal(shape).astype(dtype), offset)
+        x = at_line_offset(rng.standard_normal(shape).astype(dtype), offset)
         rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
         calls.clear()
         y, saved = F.batch_norm(x, rm, rv, rng.standard_normal(c).astype(dtype), None,
@@ -422,7 +413,7 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     assert config.STREAM_MIN_BYTES == 8 << 20
 
     def both(shape, dtype=np.float32, x_offset=0):  # x that far into a line
-        return _at_line_offset(np.empty(shape, dtype), x_offset), _memory.empty(shape, dtype)
+        return at_line_offset(np.empty(shape, dtype), x_offset), _memory.empty(shape, dtype)
     assert bn_cpu.streams(*both((32, 64, 3136)))
     assert bn_cpu.streams(*both((8192, 256), np.float64))  # 16 MiB, 2 KiB rows
     assert not bn_cpu.streams(*both((1024, 1024)))  # 4 MiB
@@ -454,15 +445,15 @@ def test_only_large_outputs_stream_and_short_rows_flat():
     x, out = both((65536, 4, 9))
     assert plan(x, out, x[:, :, ::-1]) == "rows"  # a strided dy
     # Outputs of flat runs start where their input does in its line; others on a line.
-    x = _at_line_offset(np.zeros((100352, 64), np.float32), 16)  # as NumPy places large arrays
+    x = at_line_offset(np.zeros((100352, 64), np.float32), 16)  # as NumPy places large arrays
     assert bn_cpu.output_line_offset(x) == bn_cpu.output_line_offset(x, x) == 16
     assert bn_cpu.output_line_offset(x, x[:, ::-1]) == 0  # a strided dy: no flat run
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((32, 64, 3136), np.float32), 16)) == 0
+    assert bn_cpu.output_line_offset(at_line_offset(np.zeros((32, 64, 3136), np.float32), 16)) == 0
     # runs as wide rows of 3136 bytes: row by row from a line, flat from elsewhere
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 48)) == 48
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((65536, 4, 9), np.float32), 48)) == 48
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((8192, 16, 49), np.float32), 0)) == 0
-    assert bn_cpu.output_line_offset(_at_line_offset(np.zeros((32768, 512), np.float32), 32)) == 32
+    assert bn_cpu.output_line_offset(at_line_offset(np.zeros((8192, 16, 49), np.float32), 48)) == 48
+    assert bn_cpu.output_line_offset(at_line_offset(np.zeros((65536, 4, 9), np.float32), 48)) == 48
+    assert bn_cpu.output_line_offset(at_line_offset(np.zeros((8192, 16, 49), np.float32), 0)) == 0
+    assert bn_cpu.output_line_offset(at_line_offset(np.zeros((32768, 512), np.float32), 32)) == 32
     unaligned = np.frombuffer(np.zeros(100352 * 64 * 4 + 1, np.uint8)[1:], np.float32)
     assert bn_cpu.output_line_offset(unaligned.reshape(100352, 64)) == 0
 

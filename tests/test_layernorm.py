@@ -6,7 +6,7 @@ import pytest
 from normkit import functional as F
 from normkit import reference as R
 
-from .conftest import assert_close
+from .conftest import assert_close, at_line_offset
 from .gradcheck import check_layer_norm_gradients
 
 DTYPES = [np.float32, np.float64]
@@ -152,15 +152,6 @@ def test_results_do_not_depend_on_the_thread_count(rng, monkeypatch):
             assert np.array_equal(got, want), shape
 
 
-def _at_line_offset(a, offset):
-    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
-    block = np.empty(a.nbytes + 128, np.uint8)
-    start = (offset - block.ctypes.data) % 64
-    out = block[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_passes_read_weight_and_bias_placed_like_their_output(rng, monkeypatch, dtype):
     """From PLACED_VECTORS_MIN_BYTES, the kernels read weight and bias from copies that start
@@ -177,11 +168,11 @@ def test_large_passes_read_weight_and_bias_placed_like_their_output(rng, monkeyp
         monkeypatch.setattr(ln_cpu, name, recorded)
     x = rng.standard_normal((64, 100)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
-    w, b = (_at_line_offset(rng.standard_normal(100), 16) for _ in range(2))
+    w, b = (at_line_offset(rng.standard_normal(100), 16) for _ in range(2))
     results = []
     for min_bytes in (1 << 40, 0):
         monkeypatch.setattr(ln_cpu, "PLACED_VECTORS_MIN_BYTES", min_bytes)
-        y, dx = (_at_line_offset(np.empty_like(x), 32) for _ in range(2))
+        y, dx = (at_line_offset(np.empty_like(x), 32) for _ in range(2))
         mean, rstd = ln_cpu.forward(x, w, b, 1e-5, y)
         results.append((y, dx, *ln_cpu.backward(dy, x, mean, rstd, w, dx)))
     if dtype == np.float64:  # (float32 copies of the forward's vectors go where NumPy puts them)
