@@ -48,8 +48,8 @@ from ._bn_one_pass import (runs_one_pass_backward, runs_one_pass_forward, wide_o
 from ._bn_runs import (runs_affine, runs_grad_input, runs_grad_sums, runs_shifted_sums,
                        short_runs_affine, short_runs_grad_input, short_runs_grad_sums,
                        short_runs_shifted_sums)
-from ._bn_wide import (flat_affine, flat_grad_input, wide_affine, wide_grad_input, wide_grad_sums,
-                       wide_shifted_sums)
+from ._bn_wide import (flat_affine, flat_grad_input, partials_for, wide_affine, wide_grad_input,
+                       wide_grad_sums, wide_shifted_sums)
 from ._streaming import LINE_BYTES, worth_streaming
 
 __all__ = ["RUN_MIN", "batch_stats", "forward_coefficients", "affine", "grad_sums",
@@ -284,9 +284,11 @@ def batch_stats(x, group):
         n_rows, n_cols = x.shape
         shift = x[0, ::group].astype(np.float64)  # per channel: its first value
         (x,), (column_shift,) = fold_wide((x,), (_expand(shift, group),))
-        sums, squares = wide_shifted_sums(x, column_shift, row_tile_for(x.shape[1]), COL_TILE,
-                                          work=x.size)
-        return moments_from_partials(shift, sums, squares, float(n_rows * group), group)
+        row_tile = row_tile_for(x.shape[1])
+        partials = partials_for(x, row_tile)
+        wide_shifted_sums(x, column_shift, row_tile, COL_TILE, partials, work=x.size)
+        return moments_from_partials(shift, partials[0], partials[1], float(n_rows * group),
+                                     group)
     shift = x[0, :, 0].astype(np.float64)
     if x.shape[2] < SHORT_SUM_RUN:
         sums, squares = short_runs_shifted_sums(x, shift, outer_per_task(x), work=x.size)
@@ -328,8 +330,10 @@ def grad_sums(dy, x, mean, group):
     if x.ndim == 2:
         n_ch = x.shape[1] // group
         (dy, x), (mean,) = fold_wide((dy, x), (_expand(mean, group),))
-        s1, s2 = wide_grad_sums(dy, x, mean, row_tile_for(x.shape[1]), COL_TILE, work=x.size)
-        return channel_total_pair(s1, s2, n_ch, group)
+        row_tile = row_tile_for(x.shape[1])
+        partials = partials_for(x, row_tile)
+        wide_grad_sums(dy, x, mean, row_tile, COL_TILE, partials, work=x.size)
+        return channel_total_pair(partials[0], partials[1], n_ch, group)
     if x.shape[2] < SHORT_SUM_RUN:
         s1, s2 = short_runs_grad_sums(dy, x, mean, outer_per_task(x), work=x.size)
     else:
