@@ -22,6 +22,7 @@ LAYOUTS = [
     ((3, 9, 40), 1), ((2, 16, 5, 7), 1),  # runs with channels enough for the one-pass kernels
     ((40, 6, 3, 3), 1), ((32, 400, 3), 1),  # a channel over 9 or 3 columns in the wide one-pass
                                             # kernels (one band; three bands of 528, 528, 144)
+    ((37, 2100), 1),  # rows of 8 KiB and more: statistics summed eight rows per sweep, 5 left
 ]
 
 
