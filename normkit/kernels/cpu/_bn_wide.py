@@ -32,8 +32,8 @@ def partials_for(x, row_tile):
 # sweep instead of four: their tiles are 1024-column pieces of long rows, whose partial sums
 # (two rows of 8 KiB) share the L1 with the rows streaming through it, and eight rows per
 # sweep update them half as often. Measured on the statistics pass alone (session 20, AMD EPYC,
-# old and new code alternated): float32 rows of 2048-8192 columns 1.15-1.2x (64 MB: 1.20-1.32
-# -> 1.00-1.14 ms), float64 1.1-1.2x; float32 rows of 1024 columns 0.9x, 256-512 0.85-0.95x.
+# old and new code alternated): float32 rows of 2048-16384 columns 1.15-1.2x (64 MB: 1.17-1.35
+# -> 1.01-1.17 ms), float64 1.1-1.2x; float32 rows of 1024 columns 0.9x, 256-512 0.85-0.95x.
 EIGHT_ROW_MIN_ROW_BYTES = 8192
 
 
@@ -81,7 +81,7 @@ def tile_shifted_sums(x, r0, r1, c0, c1, k, s1, s2):
     """Add sum(x - k) and sum((x - k)^2) over rows r0:r1 of columns c0:c1 to s1 and s2."""
     wide_vectors()
     # Four (or eight) rows per sweep, one from each quarter (eighth) of the tile: the partial
-    # sums are updated once per four rows (the store port is out of the critical path) and the
+    # sums are updated once per sweep (the store port is out of the critical path) and the
     # rows are sequential streams the hardware prefetcher follows. Four neighbouring rows
     # instead confused it: measured 1.7x slower from DRAM, though faster in cache.
     n = 8 if x.shape[1] * x.itemsize >= EIGHT_ROW_MIN_ROW_BYTES else 4
