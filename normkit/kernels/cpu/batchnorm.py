@@ -167,19 +167,23 @@ class ElementwisePlan(NamedTuple):
     flat: bool     # the output is written as one flat run (flat_affine, flat_grad_input)
 
 
+PLAIN_PASS = ElementwisePlan(as_wide=False, flat=False)  # the layout's own kernels
+
+
 def elementwise_plan(x, *more, out=None):
     """How the elementwise pass over ``x`` (wide or runs layout; ``more``: its other inputs, such
     as dy, which must be C-contiguous for either choice) runs. ``out``: its output, which must
     allow a flat run (:func:`flat_output`); None before it is allocated, for
     :func:`output_line_offset`, which places it. The one place the choice is made, so that the
     output is placed for the kernels that write it."""
-    no = ElementwisePlan(as_wide=False, flat=False)
+    if not worth_streaming(x):  # the cheap test first: most calls are small (flat_input)
+        return PLAIN_PASS
     if (out is not None and not flat_output(out)) or not all(a.flags.c_contiguous for a in more):
-        return no
+        return PLAIN_PASS
     if x.ndim == 2:
         return ElementwisePlan(as_wide=False, flat=flat_input(x))
     if x.shape[1] * x.shape[2] > FLAT_RUNS_MAX_PERIOD or not flat_input(x):
-        return no
+        return PLAIN_PASS
     return ElementwisePlan(as_wide=True, flat=flat_input(_as_wide(x)))
 
 
@@ -305,8 +309,8 @@ def affine(x, coefficients, out):
     if plan.as_wide:
         coefficients = [_expand(v, x.shape[2]) for v in coefficients]
         x, out = _as_wide(x), _as_wide(out)
-    line_offset = out.ctypes.data % LINE_BYTES
     if plan.flat:
+        line_offset = out.ctypes.data % LINE_BYTES
         flat_affine(x, *(periodic(v, x.shape[1], line_offset) for v in coefficients), out,
                     ELEMENTWISE_TILE_ELEMENTS, work=x.size)
         return
@@ -315,6 +319,7 @@ def affine(x, coefficients, out):
     stream = streams(x, out)
     if x.ndim == 2:
         if stream:  # read a line at a time beside the output (unstreamed: no gain measured)
+            line_offset = out.ctypes.data % LINE_BYTES
             coefficients = [line_placed(v, line_offset) for v in coefficients]
         wide_affine(x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                     work=x.size)
@@ -348,8 +353,8 @@ def grad_input(dy, x, coefficients, out):
     if plan.as_wide:
         coefficients = [_expand(v, x.shape[2]) for v in coefficients]
         dy, x, out = _as_wide(dy), _as_wide(x), _as_wide(out)
-    line_offset = out.ctypes.data % LINE_BYTES
     if plan.flat:
+        line_offset = out.ctypes.data % LINE_BYTES
         flat_grad_input(dy, x, *(periodic(v, x.shape[1], line_offset) for v in coefficients),
                         out, ELEMENTWISE_TILE_ELEMENTS, work=x.size)
         return
@@ -358,6 +363,7 @@ def grad_input(dy, x, coefficients, out):
     stream = streams(x, out)
     if x.ndim == 2:
         if stream:  # read a line at a time beside the output (unstreamed: no gain measured)
+            line_offset = out.ctypes.data % LINE_BYTES
             coefficients = [line_placed(v, line_offset) for v in coefficients]
         wide_grad_input(dy, x, *coefficients, out, *elementwise_tile(x.shape[1], stream), stream,
                         work=x.size)
