@@ -34,6 +34,9 @@ def partials_for(x, row_tile):
 # sweep update them half as often. Measured on the statistics pass alone (session 20, AMD EPYC,
 # old and new code alternated): float32 rows of 2048-16384 columns 1.15-1.2x (64 MB: 1.17-1.35
 # -> 1.01-1.17 ms), float64 1.1-1.2x; float32 rows of 1024 columns 0.9x, 256-512 0.85-0.95x.
+# The one-pass kernels' bands (tile_shifted_sums over all rows of a band) follow the same rule:
+# their training forward on (256, 8192), (128, 4096), (64, 16384) float32 and (256, 2048)
+# float64 measured the same either way.
 EIGHT_ROW_MIN_ROW_BYTES = 8192
 
 
